@@ -1,0 +1,22 @@
+"""Project-wide fixtures: every test must leave no thread, child process or listening port behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from support import leaks
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    before_t, before_p, before_l = leaks.threads(), leaks.children(), leaks.listening_ports()
+    yield
+    problems = []
+    if extra := leaks.settle(leaks.threads, before_t):
+        problems.append(f"threads left running: {sorted(t.name for t in extra)}")
+    if extra := leaks.settle(leaks.children, before_p):
+        problems.append(f"child processes left running: {sorted(extra)}")
+    if extra := leaks.settle(leaks.listening_ports, before_l):
+        problems.append(f"ports left listening: {sorted(extra)}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
