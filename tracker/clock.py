@@ -41,3 +41,15 @@ class FakeClock:
         if now < self._now:
             raise ValueError("a monotonic clock cannot go back")
         self._now = now
+
+
+class ScaledClock:
+    """The monotonic clock running `speed` times faster: for bench replays of accelerated recordings,
+    so that timers (fix timeout, still timeout, heartbeat) keep pace with the recording."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._origin = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self._origin + (time.monotonic() - self._origin) * self.speed

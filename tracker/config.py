@@ -148,6 +148,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    clock_speed: float = setting(1.0, "run timers this many times faster, for accelerated bench "
+                                 "replays only", lo=1, hi=1000)
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig
     aws: AwsConfig
@@ -157,11 +163,13 @@ class Config:
     power: PowerConfig = field(default_factory=PowerConfig)
     sensors: SensorsConfig = field(default_factory=SensorsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 SECTION_TYPES: dict[str, type[Any]] = {
     "device": DeviceConfig, "aws": AwsConfig, "gps": GpsConfig, "spool": SpoolConfig,
     "policy": PolicyConfig, "power": PowerConfig, "sensors": SensorsConfig, "log": LogConfig,
+    "debug": DebugConfig,
 }
 
 

@@ -1,0 +1,428 @@
+"""The daemon (`tracker run`): one event loop that owns the device machine, the spool, the forwarder
+and the hardware handles.
+
+The GPS reader thread, SDK callbacks and signal handlers only post events to the loop's queue;
+nothing else touches state. The loop sleeps until the next event or timer: no polling. Imports the
+SDK only through `tracker.uplink`, chosen at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from tracker import __version__, codec
+from tracker import config as config_mod
+from tracker import events as ev
+from tracker.clock import Clock, ScaledClock, SystemClock
+from tracker.config import Config
+from tracker.epoch import Decoder, Epoch
+from tracker.errors import TrackerError
+from tracker.fix import Fix, format_time
+from tracker.forward import Forwarder
+from tracker.machine import Device, State
+from tracker.spool import Spool
+from tracker.systemd import Notifier, setup_logging
+
+log = logging.getLogger("tracker.app")
+
+SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
+RELINK_PERIOD_S = 30.0  # how often a stalled forwarder is pumped again while the link is up
+
+
+class Publisher(Protocol):
+    def start(self) -> None: ...
+    def publish(self, topic: str, payload: bytes) -> int: ...
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+class GpsSource(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def write(self, data: bytes) -> None: ...
+
+
+@dataclass
+class Parts:
+    """What the app drives; built from the config by `build_parts`, replaced by fakes in tests."""
+
+    uplink: Publisher
+    gps: GpsSource | None
+    power: Any  # hw.power.GpsPower
+    battery: Any  # hw.sensors battery backend
+    temperature: Any
+    motion: Any
+
+
+class App:
+    """Owns every piece of state; `handle` one event, `run_due` timers, `run` the blocking loop."""
+
+    def __init__(self, cfg: Config, *, clock: Clock | None = None,
+                 events: queue.SimpleQueue[ev.Event] | None = None,
+                 config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        if clock is None:
+            speed = cfg.debug.clock_speed
+            clock = SystemClock() if speed == 1 else ScaledClock(speed)
+        self.clock = clock
+        self.events: queue.SimpleQueue[ev.Event] = events or queue.SimpleQueue()
+        self.started_at = self.clock.monotonic()
+        self.running = False
+        self.notifier = Notifier()
+        self.spool = Spool(cfg.spool.path, max_fixes=cfg.spool.max_fixes,
+                           drop_policy=cfg.spool.drop_policy)
+        self.thing = cfg.device.thing_name
+        self.decoder = Decoder(allow_no_checksum=cfg.gps.allow_no_checksum)
+        self.device = Device(cfg.policy, self, self.clock)
+        self.parts: Parts | None = None
+        self.forwarder: Forwarder | None = None
+        self.link_up = False
+        self.link_wanted = True
+        self.link_drops = 0
+        self.gps_port_up = False
+        self.last_epoch: Epoch | None = None
+        self.last_gps_time: tuple[datetime, float] | None = None  # (GPS time, monotonic then)
+        self.pending_condition: bytes | None = None
+        self.condition_tokens: set[int] = set()
+        self.battery: dict[str, Any] = {}
+        self.temperature_c: float | None = None
+        self.timers: dict[str, float] = {}
+        self.stop_reason = ""
+        self.fixes_seen = 0  # epochs with a valid fix
+        self.reports = 0  # fixes recorded into the spool
+        self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
+
+    # ---- wiring -------------------------------------------------------------------------------
+    def post(self, event: ev.Event) -> None:
+        """Thread-safe and reentrant (SimpleQueue.put may be called from signal handlers)."""
+        self.events.put(event)
+
+    def on_gps_bytes(self, data: bytes) -> None:
+        """Runs on the GPS reader thread: decode there, post whole epochs to the loop."""
+        for epoch in self.decoder.feed(data):
+            self.post(ev.GpsEpoch(epoch))
+
+    def attach(self, parts: Parts) -> None:
+        """Connect the hardware and the uplink; start them."""
+        self.parts = parts
+        topic = self.cfg.aws.topic(self.thing, "location")
+        self.forwarder = Forwarder(self.spool, parts.uplink, topic, window=self.cfg.aws.window,
+                                   batch_bytes=self.cfg.aws.batch_bytes)
+        now = self.clock.monotonic()
+        self.timers = {"condition": now + self.cfg.policy.condition_interval_s,
+                       "sensors": now, "relink": now + RELINK_PERIOD_S}
+        if self.notifier.watchdog_interval:
+            self.timers["watchdog"] = now
+        parts.uplink.start()
+        if parts.gps is not None:
+            parts.gps.start()
+        self.device.start()
+
+    # ---- Effects (called by the machine) -------------------------------------------------------
+    def gps_power(self, on: bool) -> None:
+        if self.parts is not None:
+            self.parts.power.set(on)
+
+    def record(self, fix: Fix, trigger: str) -> None:
+        rec = self.spool.put(fix, trigger)
+        self.reports += 1
+        log.debug("fix %s %s", rec.seq if rec else "dropped", trigger)
+        self._pump()
+
+    def condition(self, reason: str) -> None:
+        payload = codec.encode_condition(self.condition_fields(reason))
+        if self.link_up and self.parts is not None:
+            self.condition_tokens.add(
+                self.parts.uplink.publish(self.cfg.aws.topic(self.thing, "condition"), payload))
+        else:
+            self.pending_condition = payload  # only the latest matters; sent on reconnect
+
+    def link(self, wanted: bool) -> None:
+        self.link_wanted = wanted
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        deadlines = list(self.timers.values())
+        d = self.device.next_deadline()
+        if d is not None:
+            deadlines.append(d)
+        return min(deadlines) if deadlines else None
+
+    def run_due(self) -> None:
+        """Fire every timer whose time has come."""
+        now = self.clock.monotonic()
+        d = self.device.next_deadline()
+        if d is not None and now >= d:
+            self.device.on_timer()
+        for name, due in list(self.timers.items()):
+            if now >= due:
+                getattr(self, f"_timer_{name}")(now)
+
+    def handle(self, event: ev.Event) -> None:
+        """Apply one event to the state; the only place events are consumed."""
+        if isinstance(event, ev.GpsEpoch):
+            self._on_epoch(event.epoch)
+        elif isinstance(event, ev.PubAck):
+            if not self.condition_tokens.discard(event.token) and self.forwarder:
+                self.forwarder.on_puback(event.token)
+            self._pump()
+        elif isinstance(event, ev.PubFailed):
+            if event.token in self.condition_tokens:
+                self.condition_tokens.discard(event.token)
+            elif self.forwarder:
+                log.warning("publish failed, will resend: %s", event.reason)
+                self.forwarder.on_failed(event.token)
+        elif isinstance(event, ev.LinkUp):
+            self._on_link(True, "connected")
+        elif isinstance(event, ev.LinkDown):
+            self._on_link(False, event.reason)
+            if event.fatal:
+                log.error("link: %s", event.reason)
+        elif isinstance(event, ev.GpsPort):
+            self.gps_port_up = event.up
+            log.log(logging.INFO if event.up else logging.WARNING, "GPS port %s %s",
+                    "up" if event.up else "down", event.detail)
+        elif isinstance(event, ev.Motion):
+            self.device.on_motion()
+        elif isinstance(event, ev.ExternalPower):
+            self.device.on_external_power(event.on)
+        elif isinstance(event, ev.SignalReceived):
+            self._on_signal(event.signum)
+        elif isinstance(event, ev.Call):
+            event.fn()
+
+    def step(self, max_wait: float | None = None) -> None:
+        """Wait for one event or the next timer, handle it, fire due timers."""
+        deadline = self.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - self.clock.monotonic())
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        else:
+            self.handle(event)
+            while True:  # drain what is already there before looking at timers
+                try:
+                    self.handle(self.events.get_nowait())
+                except queue.Empty:
+                    break
+        self.run_due()
+        self.publish_status()
+
+    def publish_status(self, force: bool = False) -> None:
+        """STATUS= for systemctl status (and the bench): on a state change, else every 2 s."""
+        if not self.notifier.enabled:
+            return
+        state = self.device.state.value
+        gps_time = self.gps_now()
+        st = self.spool.stats()
+        text = (f"state={state} gps_time={format_time(gps_time) if gps_time else '-'} "
+                f"fixes={self.fixes_seen} reports={self.reports} backlog={st.backlog} "
+                f"link={'up' if self.link_up else 'down'}")
+        last_text, last_at = self._status_sent
+        real_now = time.monotonic()
+        changed_state = not last_text.startswith(f"state={state} ")
+        if force or changed_state or (text != last_text and real_now - last_at >= 2.0):
+            self.notifier.status(text)
+            self._status_sent = (text, real_now)
+
+    def run(self) -> None:
+        """The blocking loop, until SIGTERM/SIGINT."""
+        self.running = True
+        self.notifier.ready()
+        log.info("tracker %s running as %s", __version__, self.thing)
+        while self.running:
+            self.step()
+        self.publish_status(force=True)
+
+    def shutdown(self) -> None:
+        """Stop cleanly: GPS to standby, in-flight fixes back to ready, link closed, spool closed."""
+        self.notifier.stopping()
+        parts = self.parts
+        if parts is not None:
+            if parts.gps is not None:
+                parts.gps.stop()
+            try:
+                parts.power.set(False)
+            except (OSError, TrackerError) as exc:
+                log.warning("GPS standby failed: %s", exc)
+            if parts.motion is not None and hasattr(parts.motion, "close"):
+                parts.motion.close()
+            parts.uplink.stop(timeout=3.0)
+        if self.forwarder is not None:
+            self.forwarder.link_down()
+        self.spool.close()
+        log.info("stopped (%s)", self.stop_reason or "end")
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _on_epoch(self, epoch: Epoch) -> None:
+        self.last_epoch = epoch
+        if epoch.fix is not None:
+            self.fixes_seen += 1
+        if epoch.time is not None:
+            self.last_gps_time = (epoch.time, self.clock.monotonic())
+        self.device.on_epoch(epoch)
+
+    def _on_link(self, up: bool, reason: str) -> None:
+        if up == self.link_up:
+            return
+        self.link_up = up
+        log.info("link %s%s", "up" if up else "down", f": {reason}" if reason and not up else "")
+        if self.forwarder is None:
+            return
+        if up:
+            self.forwarder.link_up()
+            if self.pending_condition is not None and self.parts is not None:
+                self.condition_tokens.add(self.parts.uplink.publish(
+                    self.cfg.aws.topic(self.thing, "condition"), self.pending_condition))
+                self.pending_condition = None
+            self._pump()
+        else:
+            self.link_drops += 1
+            self.condition_tokens.clear()
+            self.forwarder.link_down()
+
+    def _pump(self) -> None:
+        if self.link_up and self.forwarder is not None:
+            self.forwarder.pump()
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop_reason = signal.Signals(signum).name
+            self.running = False
+        elif signum == signal.SIGHUP:
+            self.reload()
+        elif signum == signal.SIGUSR1:
+            self.device.on_wake()
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; policy changes apply now, others at the next restart."""
+        self.notifier.reloading()
+        try:
+            new = config_mod.load(self.config_path)
+        except TrackerError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+        else:
+            if new.policy != self.cfg.policy:
+                self.device.reconfigure(new.policy)
+                log.info("reloaded: reporting policy updated")
+            changed = [s for s in ("device", "aws", "gps", "spool", "power", "sensors")
+                       if getattr(new, s) != getattr(self.cfg, s)]
+            if changed:
+                log.warning("reload: changes to [%s] apply after a restart", "], [".join(changed))
+            self.cfg = new
+        self.notifier.ready()
+
+    def _timer_condition(self, now: float) -> None:
+        self.timers["condition"] = now + self.cfg.policy.condition_interval_s
+        self.condition("periodic")
+
+    def _timer_sensors(self, now: float) -> None:
+        self.timers["sensors"] = now + SENSOR_PERIOD_S
+        if self.parts is None:
+            return
+        b = self.parts.battery.read()
+        self.battery = {k: v for k, v in b.as_dict().items()} if b is not None else {}
+        self.temperature_c = self.parts.temperature.read()
+        if b is not None:
+            self.device.on_battery(b.percent, b.charging)
+
+    def _timer_relink(self, now: float) -> None:
+        self.timers["relink"] = now + RELINK_PERIOD_S
+        self._pump()
+
+    def _timer_watchdog(self, now: float) -> None:
+        assert self.notifier.watchdog_interval is not None
+        self.timers["watchdog"] = now + self.notifier.watchdog_interval
+        self.notifier.watchdog()
+
+    def gps_now(self) -> datetime | None:
+        """GPS time now: the last receiver time carried forward on the monotonic clock."""
+        if self.last_gps_time is None:
+            return None
+        t, at = self.last_gps_time
+        return t + timedelta(seconds=self.clock.monotonic() - at)
+
+    def condition_fields(self, reason: str) -> dict[str, Any]:
+        """The condition message: battery, temperature, GPS health, backlog, link, state."""
+        now = self.clock.monotonic()
+        st = self.spool.stats()
+        gps_time = self.gps_now()
+        e = self.last_epoch
+        dstats = self.device.stats()
+        return {
+            "reason": reason,
+            "time": format_time(gps_time) if gps_time else None,
+            "state": self.device.state.value,
+            "uptime_s": round(now - self.started_at),
+            "version": __version__,
+            "battery": self.battery or None,
+            "temperature_c": self.temperature_c,
+            "gps": {
+                "port": "up" if self.gps_port_up else "down",
+                "sats_used": e.sats_used if e else None,
+                "sats_in_view": e.sats_in_view if e else None,
+                "hdop": e.hdop if e else None,
+                "last_fix_age_s": dstats.get("last_fix_age_s"),
+                "fix_timeouts": dstats.get("fix_timeouts", 0),
+                "dropped": dict(self.decoder.stats.dropped),
+            },
+            "spool": {"backlog": st.backlog, "dropped": st.dropped,
+                      "recovered_corrupt": st.recovered_corrupt},
+            "link": {"up": self.link_up, "drops": self.link_drops},
+        }
+
+
+def build_parts(app: App) -> Parts:
+    """The real parts named by the config; each imported only when chosen."""
+    from hw.gps import GpsReader
+    from hw.power import open_power
+    from hw.sensors import open_battery, open_motion, open_temperature
+    from tracker.uplink import Uplink
+
+    cfg = app.cfg
+    uplink = Uplink(cfg.aws, cfg.device.thing_name, app.post)
+    gps = GpsReader(cfg.gps.url, on_data=app.on_gps_bytes,
+                    on_status=lambda up, detail: app.post(ev.GpsPort(up, detail)),
+                    baudrate=cfg.gps.baudrate, detect_baud=cfg.gps.detect_baud)
+    power = open_power(cfg.power.gps, write=gps.write)
+    motion = open_motion(cfg.sensors.motion, lambda: app.post(ev.Motion()))
+    return Parts(uplink=uplink, gps=gps, power=power, battery=open_battery(cfg.sensors.battery),
+                 temperature=open_temperature(cfg.sensors.temperature), motion=motion)
+
+
+def install_signals(post: Callable[[ev.Event], None]) -> None:
+    """Signals become events; the handler only posts (SimpleQueue.put is reentrant)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, lambda s, _f: post(ev.SignalReceived(s)))
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tracker run --config FILE`."""
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.gps_url:
+        overrides["gps"] = {"url": args.gps_url}
+    if args.log_level:
+        overrides["log"] = {"level": args.log_level}
+    cfg = config_mod.load(args.config, overrides=overrides)
+    setup_logging(cfg.log.level)
+    app = App(cfg, config_path=args.config)
+    install_signals(app.post)
+    try:
+        app.attach(build_parts(app))
+        app.run()
+    finally:
+        started = time.monotonic()
+        app.shutdown()
+        log.debug("shutdown took %.2f s", time.monotonic() - started)
+    return 0
