@@ -18,6 +18,7 @@ from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 SECONDS_PER_DAY = 86400.0
 DEFAULT_MAX_GAP = 2.0
+_MAX_BUFFER = 65536  # due bytes held at most before a read takes them
 # A sentence whose first field (RMC, GGA, GNS, ZDA) or fifth field (GLL) is the UTC time of day.
 _TIMED = re.compile(rb"[$!][A-Z]{2}(RMC|GGA|GNS|ZDA|GLL),([^*\r\n]*)")
 _HHMMSS = re.compile(rb"(\d\d)(\d\d)(\d\d(?:\.\d+)?)")
@@ -159,8 +160,9 @@ class Serial(SerialBase):  # type: ignore[misc]
             with open(options.path, "rb") as f:
                 data = f.read()
         except OSError as exc:
+            reason = exc.strerror or str(exc)
             raise SerialException(
-                exc.errno, f"cannot read recording {options.path}: {exc.strerror or exc}"
+                f"cannot read recording {options.path}: {reason}; check the file path in [gps] url"
             ) from exc
         self._lines = split_recording(data)
         self._offsets = pacing(
@@ -199,6 +201,8 @@ class Serial(SerialBase):  # type: ignore[misc]
         elapsed = self.monotonic() - self._start
         n = len(self._lines)
         while self._next < n or (self._loop and n):
+            if len(self._buffer) >= _MAX_BUFFER:  # a fast loop never ends: collect on demand
+                return 0.0
             due = self._due_at(self._next)
             if due > elapsed:
                 return due - elapsed
@@ -207,6 +211,7 @@ class Serial(SerialBase):  # type: ignore[misc]
             if self._loop and self._next >= 2 * n:  # keep the index small on long loops
                 self._next -= n
                 self._start += self._cycle
+                elapsed -= self._cycle
         return None
 
     @property
@@ -224,7 +229,7 @@ class Serial(SerialBase):  # type: ignore[misc]
         deadline = None if self._timeout is None else self.monotonic() + self._timeout
         while True:
             wait = self._collect()
-            if len(self._buffer) >= size or not self.is_open:
+            if len(self._buffer) >= min(size, _MAX_BUFFER) or not self.is_open:
                 break
             left = None if deadline is None else deadline - self.monotonic()
             if left is not None and left <= 0:

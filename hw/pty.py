@@ -40,6 +40,7 @@ class FakeGps:
         self._player: threading.Thread | None = None
         self._played = threading.Event()
         self.written = 0
+        self._commands = bytearray()
         self.replug()
 
     # -- plugging -------------------------------------------------------------------------------
@@ -85,6 +86,9 @@ class FakeGps:
         Raises:
             OSError: EIO when unplugged, ETIMEDOUT when the app did not read in time.
         """
+        self._write(data, timeout, None)
+
+    def _write(self, data: bytes, timeout: float, cancel: threading.Event | None) -> None:
         view = memoryview(data)
         deadline = time.monotonic() + timeout
         while view:
@@ -101,17 +105,27 @@ class FakeGps:
             view = view[n:]
             if view:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or (cancel is not None and cancel.is_set()):
                     raise OSError(errno.ETIMEDOUT, "the app did not read the fake GPS in time")
                 select.select([], [master], [], min(left, 0.05))
 
     def _drain(self) -> None:
-        """Discard what the app wrote to the receiver, so its writes never block."""
+        """Keep what the app wrote to the receiver (the last 64 KB), so its writes never block."""
         try:
-            while os.read(self._master, 4096):
-                pass
+            while chunk := os.read(self._master, 4096):
+                self._commands += chunk
         except OSError:
             pass
+        del self._commands[:-65536]
+
+    def commands(self) -> bytes:
+        """What the app has written to the receiver since the last call (power commands...)."""
+        with self._lock:
+            if self._master >= 0:
+                self._drain()
+            data = bytes(self._commands)
+            self._commands.clear()
+        return data
 
     def play(self, data: bytes, *, speed: float = 0.0, max_gap: float = DEFAULT_MAX_GAP) -> None:
         """Send a recording from a thread, paced like `replay://` (`speed=0`: as fast as read).
@@ -135,7 +149,7 @@ class FakeGps:
                 if self._stop.wait(max(0.0, start + offset - time.monotonic())):
                     return
                 try:
-                    self.write(line)
+                    self._write(line, 5.0, self._stop)
                 except OSError:
                     if self._stop.is_set():
                         return

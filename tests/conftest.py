@@ -1,9 +1,8 @@
-"""Project-wide fixtures: every test must leave no thread, child process or listening port behind."""
+"""Project-wide fixtures: a test must leave no thread, child process or listening port behind."""
 
 from __future__ import annotations
 
 import pytest
-
 from support import leaks
 
 

@@ -1,4 +1,4 @@
-"""Config loading: every key validated, errors name the key, precedence CLI > env > file > defaults."""
+"""Config loading: every key validated, errors name the key; CLI > env > file > defaults."""
 
 from __future__ import annotations
 
@@ -94,9 +94,12 @@ def test_env_values_are_validated_too(tmp_path: Path) -> None:
 
 
 def test_basic_ingest_topics(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, MINIMAL.replace("[aws]", '[aws]\nbasic_ingest_rule = "fleet"')),
-                      environ={})
-    assert cfg.aws.topic("truck-42", "condition") == "$aws/rules/fleet/dt/tracker/truck-42/condition"
+    cfg = config.load(
+        write(tmp_path, MINIMAL.replace("[aws]", '[aws]\nbasic_ingest_rule = "fleet"')), environ={}
+    )
+    assert (
+        cfg.aws.topic("truck-42", "condition") == "$aws/rules/fleet/dt/tracker/truck-42/condition"
+    )
 
 
 @pytest.mark.parametrize("prefix", ["dt/#", "$aws/x", "a//b", "a/+/b", ""])

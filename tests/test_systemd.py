@@ -35,6 +35,8 @@ def test_watchdog_for_another_pid_is_ignored() -> None:
 
 
 def test_journal_lines_carry_syslog_priority() -> None:
-    rec = logging.LogRecord("tracker.uplink", logging.WARNING, "x", 1, "link down: %s", ("eof",), None)
+    rec = logging.LogRecord(
+        "tracker.uplink", logging.WARNING, "x", 1, "link down: %s", ("eof",), None
+    )
     assert JournalFormatter(journal=True).format(rec) == "<4>uplink: link down: eof"
     assert JournalFormatter(journal=False).format(rec) == "WARNING uplink: link down: eof"

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from tracker import __version__, codec
@@ -23,22 +23,24 @@ from tracker import config as config_mod
 from tracker import events as ev
 from tracker.clock import Clock, ScaledClock, SystemClock
 from tracker.config import Config
-from tracker.epoch import Decoder, Epoch
+from tracker.epoch import DEFAULT_DATE_FLOOR, RECORDING_DATE_FLOOR, Decoder, Epoch
 from tracker.errors import TrackerError
-from tracker.fix import Fix, format_time
+from tracker.fix import Fix, distance_m, format_time
 from tracker.forward import Forwarder
 from tracker.machine import Device, State
+from tracker.settings_store import default_store_path
+from tracker.shadow import ShadowSync
 from tracker.spool import Spool
 from tracker.systemd import Notifier, setup_logging
 
 log = logging.getLogger("tracker.app")
 
 SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
-RELINK_PERIOD_S = 30.0  # how often a stalled forwarder is pumped again while the link is up
 
 
 class Publisher(Protocol):
     def start(self) -> None: ...
+    def subscribe(self, topic: str) -> None: ...
     def publish(self, topic: str, payload: bytes) -> int: ...
     def stop(self, timeout: float = 5.0) -> None: ...
 
@@ -61,14 +63,30 @@ class Parts:
     motion: Any
 
 
+def make_decoder(cfg: Config) -> Decoder:
+    """The NMEA decoder for this config; old recordings replay with an old date floor."""
+    floor = DEFAULT_DATE_FLOOR
+    if cfg.gps.date_floor:
+        floor = date.fromisoformat(cfg.gps.date_floor)
+    elif cfg.gps.url.startswith("replay://"):
+        floor = RECORDING_DATE_FLOOR
+    return Decoder(allow_no_checksum=cfg.gps.allow_no_checksum, date_floor=floor)
+
+
 class App:
     """Owns every piece of state; `handle` one event, `run_due` timers, `run` the blocking loop."""
 
-    def __init__(self, cfg: Config, *, clock: Clock | None = None,
-                 events: queue.SimpleQueue[ev.Event] | None = None,
-                 config_path: str | None = None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Clock | None = None,
+        events: queue.SimpleQueue[ev.Event] | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.config_path = config_path
+        self.shadow = ShadowSync(cfg.device.thing_name, cfg, default_store_path(cfg))
+        cfg = self.cfg = self.shadow.config  # remote settings saved earlier sit on the file's
         if clock is None:
             speed = cfg.debug.clock_speed
             clock = SystemClock() if speed == 1 else ScaledClock(speed)
@@ -77,10 +95,11 @@ class App:
         self.started_at = self.clock.monotonic()
         self.running = False
         self.notifier = Notifier()
-        self.spool = Spool(cfg.spool.path, max_fixes=cfg.spool.max_fixes,
-                           drop_policy=cfg.spool.drop_policy)
+        self.spool = Spool(
+            cfg.spool.path, max_fixes=cfg.spool.max_fixes, drop_policy=cfg.spool.drop_policy
+        )
         self.thing = cfg.device.thing_name
-        self.decoder = Decoder(allow_no_checksum=cfg.gps.allow_no_checksum)
+        self.decoder = make_decoder(cfg)
         self.device = Device(cfg.policy, self, self.clock)
         self.parts: Parts | None = None
         self.forwarder: Forwarder | None = None
@@ -89,13 +108,16 @@ class App:
         self.link_drops = 0
         self.gps_port_up = False
         self.last_epoch: Epoch | None = None
+        self.parked_at: Fix | None = None  # first fix seen in low power
         self.last_gps_time: tuple[datetime, float] | None = None  # (GPS time, monotonic then)
         self.pending_condition: bytes | None = None
-        self.condition_tokens: set[int] = set()
+        self.control_tokens: set[int] = set()
         self.battery: dict[str, Any] = {}
         self.temperature_c: float | None = None
         self.timers: dict[str, float] = {}
         self.stop_reason = ""
+        self._low_power_flushed = False
+        self._clock_warned = False
         self.fixes_seen = 0  # epochs with a valid fix
         self.reports = 0  # fixes recorded into the spool
         self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
@@ -114,13 +136,23 @@ class App:
         """Connect the hardware and the uplink; start them."""
         self.parts = parts
         topic = self.cfg.aws.topic(self.thing, "location")
-        self.forwarder = Forwarder(self.spool, parts.uplink, topic, window=self.cfg.aws.window,
-                                   batch_bytes=self.cfg.aws.batch_bytes)
+        self.forwarder = Forwarder(
+            self.spool,
+            parts.uplink,
+            topic,
+            window=self.cfg.aws.window,
+            batch_bytes=self.cfg.aws.batch_bytes,
+            clock=self.clock,
+        )
         now = self.clock.monotonic()
-        self.timers = {"condition": now + self.cfg.policy.condition_interval_s,
-                       "sensors": now, "relink": now + RELINK_PERIOD_S}
+        self.timers = {
+            "condition": now + self.cfg.policy.condition_interval_s,
+            "sensors": now,
+        }
         if self.notifier.watchdog_interval:
             self.timers["watchdog"] = now
+        for topic in self.shadow.topics():
+            parts.uplink.subscribe(topic)
         parts.uplink.start()
         if parts.gps is not None:
             parts.gps.start()
@@ -138,12 +170,27 @@ class App:
         self._pump()
 
     def condition(self, reason: str) -> None:
-        payload = codec.encode_condition(self.condition_fields(reason))
-        if self.link_up and self.parts is not None:
-            self.condition_tokens.add(
-                self.parts.uplink.publish(self.cfg.aws.topic(self.thing, "condition"), payload))
-        else:
+        fields = self.condition_fields(reason)
+        payload = codec.encode_condition(fields)
+        if not self.link_up:
             self.pending_condition = payload  # only the latest matters; sent on reconnect
+            return
+        self._publish([(self.cfg.aws.topic(self.thing, "condition"), payload)])
+        battery = fields["battery"] or {}
+        summary = {
+            "state": fields["state"],
+            "backlog": fields["spool"]["backlog"],
+            "battery_pct": battery.get("percent"),
+            "last_fix_age_s": fields["gps"]["last_fix_age_s"],
+        }
+        self._publish(self.shadow.report_status(summary))
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> None:
+        """Control messages (conditions, shadow): QoS 1 while the link is up, not spooled."""
+        if self.parts is None or not self.link_up:
+            return
+        for topic, payload in messages:
+            self.control_tokens.add(self.parts.uplink.publish(topic, payload))
 
     def link(self, wanted: bool) -> None:
         self.link_wanted = wanted
@@ -151,9 +198,12 @@ class App:
     # ---- the loop -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         deadlines = list(self.timers.values())
-        d = self.device.next_deadline()
-        if d is not None:
-            deadlines.append(d)
+        for d in (
+            self.device.next_deadline(),
+            self.forwarder.wake_at() if self.forwarder else None,
+        ):
+            if d is not None:
+                deadlines.append(d)
         return min(deadlines) if deadlines else None
 
     def run_due(self) -> None:
@@ -162,6 +212,17 @@ class App:
         d = self.device.next_deadline()
         if d is not None and now >= d:
             self.device.on_timer()
+        wake = self.forwarder.wake_at() if self.forwarder else None
+        if wake is not None and now >= wake:
+            self._pump()
+        if self.device.state is State.LOW_POWER:
+            if not self._low_power_flushed:  # acknowledged rows leave the disk before sleeping
+                self.spool.flush()
+                self._low_power_flushed = True
+        else:
+            self._low_power_flushed = False
+            if "condition" not in self.timers:
+                self.timers["condition"] = now  # overdue from low power: send it now
         for name, due in list(self.timers.items()):
             if now >= due:
                 getattr(self, f"_timer_{name}")(now)
@@ -171,12 +232,14 @@ class App:
         if isinstance(event, ev.GpsEpoch):
             self._on_epoch(event.epoch)
         elif isinstance(event, ev.PubAck):
-            if not self.condition_tokens.discard(event.token) and self.forwarder:
+            if event.token in self.control_tokens:
+                self.control_tokens.discard(event.token)
+            elif self.forwarder:
                 self.forwarder.on_puback(event.token)
             self._pump()
         elif isinstance(event, ev.PubFailed):
-            if event.token in self.condition_tokens:
-                self.condition_tokens.discard(event.token)
+            if event.token in self.control_tokens:
+                self.control_tokens.discard(event.token)
             elif self.forwarder:
                 log.warning("publish failed, will resend: %s", event.reason)
                 self.forwarder.on_failed(event.token)
@@ -188,14 +251,20 @@ class App:
                 log.error("link: %s", event.reason)
         elif isinstance(event, ev.GpsPort):
             self.gps_port_up = event.up
-            log.log(logging.INFO if event.up else logging.WARNING, "GPS port %s %s",
-                    "up" if event.up else "down", event.detail)
+            log.log(
+                logging.INFO if event.up else logging.WARNING,
+                "GPS port %s %s",
+                "up" if event.up else "down",
+                event.detail,
+            )
         elif isinstance(event, ev.Motion):
             self.device.on_motion()
         elif isinstance(event, ev.ExternalPower):
             self.device.on_external_power(event.on)
         elif isinstance(event, ev.SignalReceived):
             self._on_signal(event.signum)
+        elif isinstance(event, ev.Inbound):
+            self._on_inbound(event.topic, event.payload)
         elif isinstance(event, ev.Call):
             event.fn()
 
@@ -226,9 +295,11 @@ class App:
         state = self.device.state.value
         gps_time = self.gps_now()
         st = self.spool.stats()
-        text = (f"state={state} gps_time={format_time(gps_time) if gps_time else '-'} "
-                f"fixes={self.fixes_seen} reports={self.reports} backlog={st.backlog} "
-                f"link={'up' if self.link_up else 'down'}")
+        text = (
+            f"state={state} gps_time={format_time(gps_time) if gps_time else '-'} "
+            f"fixes={self.fixes_seen} reports={self.reports} backlog={st.backlog} "
+            f"link={'up' if self.link_up else 'down'}"
+        )
         last_text, last_at = self._status_sent
         real_now = time.monotonic()
         changed_state = not last_text.startswith(f"state={state} ")
@@ -246,7 +317,7 @@ class App:
         self.publish_status(force=True)
 
     def shutdown(self) -> None:
-        """Stop cleanly: GPS to standby, in-flight fixes back to ready, link closed, spool closed."""
+        """Stop cleanly: GPS to standby, in-flight fixes back to ready, link and spool closed."""
         self.notifier.stopping()
         parts = self.parts
         if parts is not None:
@@ -271,7 +342,47 @@ class App:
             self.fixes_seen += 1
         if epoch.time is not None:
             self.last_gps_time = (epoch.time, self.clock.monotonic())
+            if epoch.fix is not None and self.cfg.device.set_clock:
+                self._set_system_clock(epoch.fix.time)
+        if self.device.state is State.LOW_POWER:
+            self._watch_parked(epoch.fix)
+        else:
+            self.parked_at = None
         self.device.on_epoch(epoch)
+
+    def _watch_parked(self, fix: Fix | None) -> None:
+        """A receiver that keeps sending fixes in low power (no power control, or one that
+        ignores standby) is the motion sensor: leaving the parked circle wakes the device."""
+        if fix is None or (fix.hdop is not None and fix.hdop > self.cfg.policy.max_hdop):
+            return
+        if self.parked_at is None:
+            self.parked_at = fix
+            return
+        p = self.cfg.policy
+        moved = distance_m(self.parked_at.lat, self.parked_at.lon, fix.lat, fix.lon)
+        if moved > p.still_radius_m or (fix.speed or 0.0) > p.moving_speed_mps:
+            log.info("moving in low power (%.0f m from where it parked): waking", moved)
+            self.parked_at = None
+            self.device.on_motion()
+
+    def _set_system_clock(self, gps_time: datetime) -> None:
+        """Boards without an RTC boot in 1970, and TLS then refuses every certificate: set the
+        system clock from GPS time, but only from a clock that is plainly unset (before the
+        release date) to a GPS time after it, so replayed old recordings never move it."""
+        floor = datetime.combine(DEFAULT_DATE_FLOOR, datetime.min.time()).timestamp()
+        if time.time() >= floor or gps_time.timestamp() < floor:
+            return
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, gps_time.timestamp())
+            log.warning("system clock was unset; set from GPS time to %s", format_time(gps_time))
+        except OSError as exc:
+            if not self._clock_warned:
+                self._clock_warned = True
+                log.warning(
+                    "system clock is unset and cannot be set from GPS (%s): TLS will "
+                    "fail until NTP sets it; give the service CAP_SYS_TIME",
+                    exc,
+                )
 
     def _on_link(self, up: bool, reason: str) -> None:
         if up == self.link_up:
@@ -282,15 +393,42 @@ class App:
             return
         if up:
             self.forwarder.link_up()
-            if self.pending_condition is not None and self.parts is not None:
-                self.condition_tokens.add(self.parts.uplink.publish(
-                    self.cfg.aws.topic(self.thing, "condition"), self.pending_condition))
+            self._publish(self.shadow.on_connected())
+            if self.pending_condition is not None:
+                topic = self.cfg.aws.topic(self.thing, "condition")
+                self._publish([(topic, self.pending_condition)])
                 self.pending_condition = None
             self._pump()
         else:
             self.link_drops += 1
-            self.condition_tokens.clear()
+            self.control_tokens.clear()
+            self.shadow.on_disconnected()
             self.forwarder.link_down()
+
+    def _on_inbound(self, topic: str, payload: bytes) -> None:
+        if not topic.startswith(self.shadow.prefix + "/"):
+            log.debug("message on unexpected topic %s ignored", topic)
+            return
+        result = self.shadow.on_message(topic, payload)
+        self._publish(result.publish)
+        if result.config is not None:
+            self.apply_config(result.config)
+            applied = ", ".join(f"{k}={v}" for k, v in result.applied.items())
+            log.info("remote settings applied: %s", applied or "none")
+        for key, why in result.rejected.items():
+            log.warning("remote setting %s refused: %s", key, why)
+
+    def apply_config(self, new: Config) -> None:
+        """Settings that apply without a restart: the reporting policy and batch size."""
+        old = self.cfg
+        self.cfg = new
+        if new.policy != old.policy:
+            self.device.reconfigure(new.policy)
+            interval = new.policy.condition_interval_s
+            if interval != old.policy.condition_interval_s and "condition" in self.timers:
+                self.timers["condition"] = self.clock.monotonic() + interval
+        if self.forwarder is not None and new.aws.batch_bytes != old.aws.batch_bytes:
+            self.forwarder.batch_bytes = new.aws.batch_bytes
 
     def _pump(self) -> None:
         if self.link_up and self.forwarder is not None:
@@ -309,22 +447,33 @@ class App:
         """SIGHUP: read the config again; policy changes apply now, others at the next restart."""
         self.notifier.reloading()
         try:
-            new = config_mod.load(self.config_path)
+            from_file = config_mod.load(self.config_path)
         except TrackerError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
         else:
-            if new.policy != self.cfg.policy:
-                self.device.reconfigure(new.policy)
-                log.info("reloaded: reporting policy updated")
-            changed = [s for s in ("device", "aws", "gps", "spool", "power", "sensors")
-                       if getattr(new, s) != getattr(self.cfg, s)]
+            shadow = ShadowSync(self.thing, from_file, default_store_path(from_file))
+            new = shadow.config
+            changed = [
+                s
+                for s in ("device", "gps", "spool", "power", "sensors")
+                if getattr(new, s) != getattr(self.cfg, s)
+            ]
             if changed:
                 log.warning("reload: changes to [%s] apply after a restart", "], [".join(changed))
-            self.cfg = new
+            self.apply_config(new)
+            self.shadow = shadow
+            if self.link_up:
+                self._publish(shadow.on_connected())
+            log.info("configuration reloaded")
         self.notifier.ready()
 
     def _timer_condition(self, now: float) -> None:
+        if self.device.state is State.LOW_POWER:
+            # no link wake-ups just for this: it goes out, overdue, when the device wakes
+            self.timers.pop("condition")
+            return
         self.timers["condition"] = now + self.cfg.policy.condition_interval_s
+        self.spool.flush()
         self.condition("periodic")
 
     def _timer_sensors(self, now: float) -> None:
@@ -332,14 +481,13 @@ class App:
         if self.parts is None:
             return
         b = self.parts.battery.read()
-        self.battery = {k: v for k, v in b.as_dict().items()} if b is not None else {}
+        was_external = self.battery.get("external_power")
+        self.battery = dict(b.as_dict()) if b is not None else {}
         self.temperature_c = self.parts.temperature.read()
         if b is not None:
             self.device.on_battery(b.percent, b.charging)
-
-    def _timer_relink(self, now: float) -> None:
-        self.timers["relink"] = now + RELINK_PERIOD_S
-        self._pump()
+            if b.external_power is not None and b.external_power != was_external:
+                self.device.on_external_power(b.external_power)
 
     def _timer_watchdog(self, now: float) -> None:
         assert self.notifier.watchdog_interval is not None
@@ -377,8 +525,11 @@ class App:
                 "fix_timeouts": dstats.get("fix_timeouts", 0),
                 "dropped": dict(self.decoder.stats.dropped),
             },
-            "spool": {"backlog": st.backlog, "dropped": st.dropped,
-                      "recovered_corrupt": st.recovered_corrupt},
+            "spool": {
+                "backlog": st.backlog,
+                "dropped": st.dropped,
+                "recovered_corrupt": st.recovered_corrupt,
+            },
             "link": {"up": self.link_up, "drops": self.link_drops},
         }
 
@@ -392,13 +543,23 @@ def build_parts(app: App) -> Parts:
 
     cfg = app.cfg
     uplink = Uplink(cfg.aws, cfg.device.thing_name, app.post)
-    gps = GpsReader(cfg.gps.url, on_data=app.on_gps_bytes,
-                    on_status=lambda up, detail: app.post(ev.GpsPort(up, detail)),
-                    baudrate=cfg.gps.baudrate, detect_baud=cfg.gps.detect_baud)
+    gps = GpsReader(
+        cfg.gps.url,
+        on_data=app.on_gps_bytes,
+        on_status=lambda up, detail: app.post(ev.GpsPort(up, detail)),
+        baudrate=cfg.gps.baudrate,
+        detect_baud=cfg.gps.detect_baud,
+    )
     power = open_power(cfg.power.gps, write=gps.write)
     motion = open_motion(cfg.sensors.motion, lambda: app.post(ev.Motion()))
-    return Parts(uplink=uplink, gps=gps, power=power, battery=open_battery(cfg.sensors.battery),
-                 temperature=open_temperature(cfg.sensors.temperature), motion=motion)
+    return Parts(
+        uplink=uplink,
+        gps=gps,
+        power=power,
+        battery=open_battery(cfg.sensors.battery, clock=app.clock),
+        temperature=open_temperature(cfg.sensors.temperature),
+        motion=motion,
+    )
 
 
 def install_signals(post: Callable[[ev.Event], None]) -> None:

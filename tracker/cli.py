@@ -44,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("files", nargs="+", metavar="FILE", help="payload files, or - for stdin")
 
     run = sub.add_parser("run", help="run the tracker daemon")
-    run.add_argument("--config", "-c", default=os.environ.get("TRACKER_CONFIG"),
-                     help="TOML config file (env TRACKER_CONFIG; default /etc/tracker/tracker.toml)")
+    run.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("TRACKER_CONFIG"),
+        help="TOML config file (env TRACKER_CONFIG; default /etc/tracker/tracker.toml)",
+    )
     run.add_argument("--gps-url", help="override [gps] url")
     run.add_argument("--log-level", help="override [log] level (debug, info, warning, error)")
 

@@ -44,8 +44,8 @@ class FakeClock:
 
 
 class ScaledClock:
-    """The monotonic clock running `speed` times faster: for bench replays of accelerated recordings,
-    so that timers (fix timeout, still timeout, heartbeat) keep pace with the recording."""
+    """The monotonic clock running `speed` times faster, for bench replays of accelerated
+    recordings: timers (fix timeout, still timeout, heartbeat) keep pace with the recording."""
 
     def __init__(self, speed: float) -> None:
         self.speed = speed

@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from tracker.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 THING_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
@@ -50,24 +51,42 @@ REQUIRED: Any = None  # marks settings that have no default
 @dataclass(frozen=True)
 class DeviceConfig:
     thing_name: str = setting(REQUIRED, "AWS IoT thing name; also the MQTT client id")
+    set_clock: bool = setting(
+        True,
+        "set an unset system clock (no RTC: 1970 at boot) from GPS time, so TLS can "
+        "check certificates; needs CAP_SYS_TIME",
+    )
 
 
 @dataclass(frozen=True)
 class AwsConfig:
-    endpoint: str = setting(REQUIRED, "AWS IoT Core data endpoint (xxxx-ats.iot.REGION.amazonaws.com)")
+    endpoint: str = setting(
+        REQUIRED, "AWS IoT Core data endpoint (xxxx-ats.iot.REGION.amazonaws.com)"
+    )
     port: int = setting(8883, "MQTT over TLS port", lo=1, hi=65535)
     cert: str = setting(REQUIRED, "device certificate (PEM)")
     key: str = setting(REQUIRED, "device private key (PEM, mode 0600)")
     ca: str = setting(REQUIRED, "root CA that signed the endpoint's certificate (PEM)")
-    keepalive_s: int = setting(120, "MQTT keep-alive; a dead link is noticed after 1.5 times this",
-                               lo=30, hi=1200, unit="s")
-    session_expiry_s: int = setting(604800, "how long the broker keeps the session while offline",
-                                    lo=0, hi=604800, unit="s")
+    keepalive_s: int = setting(
+        120,
+        "MQTT keep-alive; a dead link is noticed after 1.5 times this",
+        lo=30,
+        hi=1200,
+        unit="s",
+    )
+    session_expiry_s: int = setting(
+        604800, "how long the broker keeps the session while offline", lo=0, hi=604800, unit="s"
+    )
     topic_prefix: str = setting("dt/tracker", "topics are PREFIX/THING/location and .../condition")
-    basic_ingest_rule: str = setting("", "publish through $aws/rules/RULE/... (no messaging charge)")
-    batch_bytes: int = setting(5120, "largest backlog message", lo=512, hi=131072, unit="bytes",
-                               remote=True)
-    window: int = setting(8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100)
+    basic_ingest_rule: str = setting(
+        "", "publish through $aws/rules/RULE/... (no messaging charge)"
+    )
+    batch_bytes: int = setting(
+        5120, "largest backlog message", lo=512, hi=131072, unit="bytes", remote=True
+    )
+    window: int = setting(
+        8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100
+    )
     flow_control: bool = setting(True, "apply AWS IoT Core's 100 msg/s and 512 KB/s limits")
 
     def topic(self, thing_name: str, kind: str) -> str:
@@ -81,58 +100,102 @@ class AwsConfig:
 @dataclass(frozen=True)
 class GpsConfig:
     url: str = setting("/dev/ttyAMA0", "serial path, replay://FILE?speed=N, or gpsd://HOST:PORT")
-    baudrate: int = setting(9600, "serial speed; detected when no valid NMEA is seen", lo=1200,
-                            hi=921600, unit="baud")
+    baudrate: int = setting(
+        9600, "serial speed; detected when no valid NMEA is seen", lo=1200, hi=921600, unit="baud"
+    )
     detect_baud: bool = setting(True, "try 4800/9600/38400/115200 when the set rate shows no NMEA")
     allow_no_checksum: bool = setting(False, "accept sentences without a checksum (old receivers)")
+    date_floor: str = setting(
+        "",
+        "dates before this (YYYY-MM-DD) are GPS week rollovers and move on by 1024 weeks; "
+        "empty: the software's release date; set an old date only to replay old recordings",
+    )
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str = setting("/var/lib/tracker/spool.db", "the store-and-forward queue (SQLite file)")
     max_fixes: int = setting(500000, "fixes kept on disk at most", lo=100, hi=10_000_000)
-    drop_policy: str = setting("oldest", "which fix goes when the spool is full",
-                               choices=("oldest", "newest"))
+    drop_policy: str = setting(
+        "oldest", "which fix goes when the spool is full", choices=("oldest", "newest")
+    )
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    min_interval_s: float = setting(5.0, "never report more often than this", lo=1, hi=3600,
-                                    unit="s", remote=True)
-    max_interval_s: float = setting(120.0, "report at least this often while moving", lo=5,
-                                    hi=86400, unit="s", remote=True)
-    distance_m: float = setting(100.0, "report after moving this far", lo=5, hi=100000, unit="m",
-                                remote=True)
-    heading_deg: float = setting(30.0, "report on a heading change this large while moving",
-                                 lo=5, hi=180, unit="deg", remote=True)
-    moving_speed_mps: float = setting(1.5, "speed above which the asset counts as moving",
-                                      lo=0.2, hi=50, unit="m/s", remote=True)
-    still_radius_m: float = setting(30.0, "wander within this radius while parked is jitter",
-                                    lo=5, hi=1000, unit="m", remote=True)
-    still_timeout_s: float = setting(300.0, "still this long -> low power", lo=30, hi=86400,
-                                     unit="s", remote=True)
-    heartbeat_s: float = setting(3600.0, "report interval while in low power", lo=60, hi=86400,
-                                 unit="s", remote=True)
-    fix_timeout_s: float = setting(120.0, "give up acquiring a fix after this", lo=10, hi=3600,
-                                   unit="s", remote=True)
-    fix_backoff_s: float = setting(600.0, "wait after a fix timeout before trying again",
-                                   lo=10, hi=86400, unit="s", remote=True)
-    settle_s: float = setting(3.0, "ignore fixes this long after the first one of a cold start",
-                              lo=0, hi=120, unit="s", remote=True)
+    min_interval_s: float = setting(
+        5.0, "never report more often than this", lo=1, hi=3600, unit="s", remote=True
+    )
+    max_interval_s: float = setting(
+        120.0, "report at least this often while moving", lo=5, hi=86400, unit="s", remote=True
+    )
+    distance_m: float = setting(
+        100.0, "report after moving this far", lo=5, hi=100000, unit="m", remote=True
+    )
+    heading_deg: float = setting(
+        30.0,
+        "report on a heading change this large while moving",
+        lo=5,
+        hi=180,
+        unit="deg",
+        remote=True,
+    )
+    moving_speed_mps: float = setting(
+        1.5, "speed above which the asset counts as moving", lo=0.2, hi=50, unit="m/s", remote=True
+    )
+    still_radius_m: float = setting(
+        30.0,
+        "wander within this radius while parked is jitter",
+        lo=5,
+        hi=1000,
+        unit="m",
+        remote=True,
+    )
+    still_timeout_s: float = setting(
+        300.0, "still this long -> low power", lo=30, hi=86400, unit="s", remote=True
+    )
+    heartbeat_s: float = setting(
+        3600.0, "report interval while in low power", lo=60, hi=86400, unit="s", remote=True
+    )
+    fix_timeout_s: float = setting(
+        120.0, "give up acquiring a fix after this", lo=10, hi=3600, unit="s", remote=True
+    )
+    fix_backoff_s: float = setting(
+        600.0,
+        "wait after a fix timeout before trying again",
+        lo=10,
+        hi=86400,
+        unit="s",
+        remote=True,
+    )
+    settle_s: float = setting(
+        3.0,
+        "ignore fixes this long after the first one of a cold start",
+        lo=0,
+        hi=120,
+        unit="s",
+        remote=True,
+    )
     max_hdop: float = setting(5.0, "reject fixes with a worse HDOP", lo=0.5, hi=50, remote=True)
-    min_sats: int = setting(4, "reject fixes with fewer satellites (when the receiver says)",
-                            lo=0, hi=64, remote=True)
-    battery_low_pct: float = setting(15.0, "below this battery level -> low power", lo=0, hi=100,
-                                     unit="%", remote=True)
-    battery_ok_pct: float = setting(25.0, "leave low power above this level", lo=0, hi=100,
-                                    unit="%", remote=True)
-    condition_interval_s: float = setting(900.0, "condition message period", lo=60, hi=86400,
-                                          unit="s", remote=True)
+    min_sats: int = setting(
+        4, "reject fixes with fewer satellites (when the receiver says)", lo=0, hi=64, remote=True
+    )
+    battery_low_pct: float = setting(
+        15.0, "below this battery level -> low power", lo=0, hi=100, unit="%", remote=True
+    )
+    battery_ok_pct: float = setting(
+        25.0, "leave low power above this level", lo=0, hi=100, unit="%", remote=True
+    )
+    condition_interval_s: float = setting(
+        900.0, "condition message period", lo=60, hi=86400, unit="s", remote=True
+    )
 
 
 @dataclass(frozen=True)
 class PowerConfig:
-    gps: str = setting("none://", "GPS power control: none://, pmtk://, ubx://, gpio://CHIP/LINE, sim://")
+    gps: str = setting(
+        "none://", "GPS power control: none://, pmtk://, ubx://, gpio://CHIP/LINE, sim://"
+    )
 
 
 @dataclass(frozen=True)
@@ -149,8 +212,9 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
-    clock_speed: float = setting(1.0, "run timers this many times faster, for accelerated bench "
-                                 "replays only", lo=1, hi=1000)
+    clock_speed: float = setting(
+        1.0, "run timers this many times faster, for accelerated bench replays only", lo=1, hi=1000
+    )
 
 
 @dataclass(frozen=True)
@@ -167,8 +231,14 @@ class Config:
 
 
 SECTION_TYPES: dict[str, type[Any]] = {
-    "device": DeviceConfig, "aws": AwsConfig, "gps": GpsConfig, "spool": SpoolConfig,
-    "policy": PolicyConfig, "power": PowerConfig, "sensors": SensorsConfig, "log": LogConfig,
+    "device": DeviceConfig,
+    "aws": AwsConfig,
+    "gps": GpsConfig,
+    "spool": SpoolConfig,
+    "policy": PolicyConfig,
+    "power": PowerConfig,
+    "sensors": SensorsConfig,
+    "log": LogConfig,
     "debug": DebugConfig,
 }
 
@@ -176,8 +246,8 @@ SECTION_TYPES: dict[str, type[Any]] = {
 def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
     """Validate one value against its field's type and bounds; return it converted."""
     key = f"[{section}] {f.name}"
-    default = f.default
-    kind = type(default) if default is not REQUIRED else str
+    default: Any = f.default
+    kind: type[Any] = str if default is REQUIRED else type(default)
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, not {value!r}")
@@ -189,7 +259,9 @@ def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
         value = kind(value)
         lo, hi, unit = f.metadata["lo"], f.metadata["hi"], f.metadata["unit"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{key} = {value} is out of range: allowed {lo} to {hi} {unit}".rstrip())
+            raise ConfigError(
+                f"{key} = {value} is out of range: allowed {lo} to {hi} {unit}".rstrip()
+            )
     elif not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, not {value!r}")
     choices = f.metadata["choices"]
@@ -219,7 +291,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     for var, text in environ.items():
         if not var.startswith("TRACKER_") or var == "TRACKER_CONFIG":
             continue
-        rest = var[len("TRACKER_"):].lower()
+        rest = var[len("TRACKER_") :].lower()
         section, _, key = rest.partition("_")
         if section not in SECTION_TYPES or not key:
             continue
@@ -260,17 +332,30 @@ def validate(cfg: Config) -> None:
     """Checks that span keys or need more than bounds."""
     if not THING_NAME_RE.fullmatch(cfg.device.thing_name):
         raise ConfigError(
-            f"[device] thing_name {cfg.device.thing_name!r} is invalid: use 1-128 of A-Z a-z 0-9 : _ -"
+            f"[device] thing_name {cfg.device.thing_name!r} is invalid: "
+            "use 1-128 of A-Z a-z 0-9 : _ -"
         )
     if not TOPIC_PREFIX_RE.fullmatch(cfg.aws.topic_prefix) or cfg.aws.topic_prefix.startswith("$"):
-        raise ConfigError(f"[aws] topic_prefix {cfg.aws.topic_prefix!r} is invalid: use words of "
-                          "A-Z a-z 0-9 _ - separated by /, no wildcards or leading $")
+        raise ConfigError(
+            f"[aws] topic_prefix {cfg.aws.topic_prefix!r} is invalid: use words of "
+            "A-Z a-z 0-9 _ - separated by /, no wildcards or leading $"
+        )
     if cfg.aws.basic_ingest_rule and not RULE_NAME_RE.fullmatch(cfg.aws.basic_ingest_rule):
-        raise ConfigError(f"[aws] basic_ingest_rule {cfg.aws.basic_ingest_rule!r} is invalid: "
-                          "use 1-128 of A-Z a-z 0-9 _")
+        raise ConfigError(
+            f"[aws] basic_ingest_rule {cfg.aws.basic_ingest_rule!r} is invalid: "
+            "use 1-128 of A-Z a-z 0-9 _"
+        )
     if not cfg.aws.endpoint or any(c in cfg.aws.endpoint for c in "/: "):
-        raise ConfigError(f"[aws] endpoint {cfg.aws.endpoint!r} must be a host name, without "
-                          "scheme or port")
+        raise ConfigError(
+            f"[aws] endpoint {cfg.aws.endpoint!r} must be a host name, without scheme or port"
+        )
+    if cfg.gps.date_floor:
+        try:
+            date.fromisoformat(cfg.gps.date_floor)
+        except ValueError:
+            raise ConfigError(
+                f"[gps] date_floor {cfg.gps.date_floor!r} is not a date: use YYYY-MM-DD"
+            ) from None
     p = cfg.policy
     if p.min_interval_s > p.max_interval_s:
         raise ConfigError("[policy] min_interval_s must not exceed max_interval_s")
@@ -278,9 +363,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("[policy] battery_ok_pct must be at least battery_low_pct")
 
 
-def load(path: str | os.PathLike[str] | None = None, *,
-         environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
     """Read, merge and validate the configuration; raises ConfigError naming the problem."""
     environ = os.environ if environ is None else environ
     file = Path(path or environ.get("TRACKER_CONFIG") or DEFAULT_CONFIG)

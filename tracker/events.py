@@ -6,8 +6,9 @@ and `put` it on the loop's `queue.Queue`; they never touch state. Pure data, sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class Call:
     fn: Callable[[], None] = field(compare=False)
 
 
-Event = Union[
+Event = Union[  # noqa: UP007 - a runtime alias must work on Python 3.10
     GpsEpoch,
     GpsPort,
     LinkUp,

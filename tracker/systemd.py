@@ -1,5 +1,5 @@
-"""systemd integration without a dependency: sd_notify (READY, WATCHDOG, STATUS) and journald-friendly
-log lines. Standard library only; a no-op when not run under systemd.
+"""systemd integration without a dependency: sd_notify (READY, WATCHDOG, STATUS) and
+journald-friendly log lines. Standard library only; a no-op when not run under systemd.
 """
 
 from __future__ import annotations

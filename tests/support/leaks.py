@@ -1,4 +1,4 @@
-"""What a test leaves running: Python threads, child processes, listening TCP ports of this process."""
+"""What a test leaves running: Python threads, child processes, this process's listening ports."""
 
 from __future__ import annotations
 

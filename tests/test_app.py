@@ -1,0 +1,250 @@
+"""The whole daemon in simulated time: recorded drives in, spool and messages out.
+
+A FakeClock drives time (advanced by the recording's GPS time), the uplink is an in-memory stand-in
+that the test acknowledges, and everything else is real: the decoder, the machine, the policy, the
+SQLite spool, the forwarder, the codec, the shadow logic and the sim power/sensor backends.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.fake_uplink import FakeUplink
+
+from hw.power import open_power
+from hw.sensors import open_battery, open_motion, open_temperature
+from tracker import config
+from tracker.app import App, Parts, make_decoder
+from tracker.clock import FakeClock
+from tracker.epoch import Epoch
+from tracker.events import GpsEpoch, Inbound, LinkDown, LinkUp, SignalReceived
+from tracker.machine import State
+from tracker.spool import Spool
+
+DATA = Path(__file__).parent / "data" / "nmea"
+THING = "truck-7"
+
+
+def make_app(tmp_path: Path, *, battery: str = "sim://?percent=80", **policy: Any) -> App:
+    cfg = config.from_dict(
+        {
+            "device": {"thing_name": THING, "set_clock": False},
+            "aws": {"endpoint": "localhost", "cert": "c", "key": "k", "ca": "a"},
+            "gps": {"url": "/dev/null", "date_floor": "1999-08-22"},
+            "spool": {"path": str(tmp_path / "spool.db")},
+            "policy": policy,
+            "power": {"gps": "sim://"},
+            "sensors": {"battery": battery, "temperature": "sim://?temp=21.5"},
+        }
+    )
+    return App(cfg, clock=FakeClock())
+
+
+class Harness:
+    """Feeds a recording's epochs to the app at their GPS times, firing timers in between."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.clock: FakeClock = app.clock  # type: ignore[assignment]
+        self.uplink = FakeUplink(app.post)
+        parts = Parts(
+            uplink=self.uplink,
+            gps=None,
+            power=open_power("sim://"),
+            battery=open_battery(app.cfg.sensors.battery, clock=self.clock),
+            temperature=open_temperature(app.cfg.sensors.temperature),
+            motion=open_motion("none://", lambda: None),
+        )
+        app.attach(parts)
+        self.auto_ack = True
+        self.states: list[str] = [app.device.state.value]
+
+    def drain(self) -> None:
+        """Handle whatever the app posted to itself; the broker acknowledges if auto_ack."""
+        while True:
+            if self.auto_ack and self.app.link_up:
+                self.uplink.ack_all()
+            try:
+                event = self.app.events.get_nowait()
+            except Exception:
+                return
+            self.app.handle(event)
+            self._note_state()
+
+    def _note_state(self) -> None:
+        if self.app.device.state.value != self.states[-1]:
+            self.states.append(self.app.device.state.value)
+
+    def advance_to(self, t: float) -> None:
+        """Move the clock to t, firing every timer due on the way."""
+        while (d := self.app.next_deadline()) is not None and d <= t:
+            self.clock.set(max(d, self.clock.monotonic()))
+            self.app.run_due()
+            self._note_state()
+            self.drain()
+        self.clock.set(max(t, self.clock.monotonic()))
+        self.app.run_due()
+        self.drain()
+
+    def event(self, event: Any) -> None:
+        self.app.handle(event)
+        self._note_state()
+        self.drain()
+
+    def play(
+        self,
+        name: str,
+        *,
+        each: Callable[[int, Epoch], None] | None = None,
+        limit: int | None = None,
+    ) -> list[Epoch]:
+        decoder = make_decoder(self.app.cfg)
+        data = (DATA / name).read_bytes()
+        epochs = decoder.feed(data) + decoder.flush()
+        if limit is not None:
+            epochs = epochs[:limit]
+        start = self.clock.monotonic()
+        t0 = next(e.time for e in epochs if e.time is not None)
+        for i, epoch in enumerate(epochs):
+            if epoch.time is not None:
+                self.advance_to(start + (epoch.time - t0).total_seconds())
+            self.event(GpsEpoch(epoch))
+            if each is not None:
+                each(i, epoch)
+        return epochs
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(make_app(tmp_path))
+
+
+def seqs(records: list[Any]) -> list[int]:
+    return [r.seq for r in records]
+
+
+def test_a_drive_reports_every_recorded_fix_once_in_seq_order(harness: Harness) -> None:
+    harness.event(LinkUp())
+    harness.play("qtpositioning/nmealog.txt")
+    received = harness.uplink.records()
+    assert harness.app.reports > 10
+    assert seqs(received) == list(range(1, harness.app.reports + 1))
+    triggers = {r.trigger for r in received}
+    assert received[0].trigger == "first"
+    assert {"distance", "heading"} & triggers
+    assert harness.app.spool.stats().backlog == 0
+    assert "reporting" in harness.states
+
+
+def test_outage_sends_the_newest_fix_first_then_the_backlog(harness: Harness) -> None:
+    harness.event(LinkUp())
+
+    def cut(i: int, epoch: Epoch) -> None:
+        if i == 40:
+            harness.event(LinkDown("broker gone"))
+
+    harness.play("qtpositioning/nmealog.txt", each=cut)
+    before = len(harness.uplink.records())
+    total = harness.app.reports
+    assert harness.app.spool.stats().backlog == total - before > 5
+    harness.event(LinkUp())
+    after = harness.uplink.records()[before:]
+    assert after[0].seq == total  # the map shows where the asset is now
+    assert sorted(set(seqs(harness.uplink.records()))) == list(range(1, total + 1))
+    assert harness.app.spool.stats().backlog == 0
+
+
+def test_parked_recording_goes_to_low_power_and_says_so(harness: Harness) -> None:
+    harness.event(LinkUp())
+    harness.play("signalk/gps.log")
+    assert harness.app.device.state is State.LOW_POWER
+    reasons = [c["reason"] for c in harness.uplink.conditions()]
+    assert "low_power_enter" in reasons
+    # asleep: the next wake-up is minutes away, not a polling tick
+    now = harness.clock.monotonic()
+    deadline = harness.app.next_deadline()
+    assert deadline is not None and deadline - now >= 60
+
+
+def test_low_battery_leads_to_low_power_and_the_condition_says_why(tmp_path: Path) -> None:
+    h = Harness(make_app(tmp_path, battery="sim://?percent=80&steps=200:9"))
+    h.event(LinkUp())
+    h.play("nmeaparser/NmeaSampleData.txt", limit=1500)
+    low = [c for c in h.uplink.conditions() if c["reason"] == "battery_low"]
+    assert low, [c["reason"] for c in h.uplink.conditions()]
+    assert low[0]["battery"]["percent"] == 9
+    assert low[0]["state"] == "low_power"
+    assert "low_power" in h.states
+
+
+def test_condition_message_carries_the_device_health(harness: Harness) -> None:
+    harness.event(LinkUp())
+    harness.play("qtpositioning/nmealog.txt", limit=30)
+    harness.app.condition("test")
+    c = harness.uplink.conditions()[-1]
+    assert c["reason"] == "test"
+    assert c["time"].startswith("20") and c["time"].endswith("Z")  # GPS time, not the board's
+    assert c["battery"]["percent"] == 80 and c["temperature_c"] == 21.5
+    assert c["gps"]["port"] in ("up", "down") and c["gps"]["sats_used"] is not None
+    assert c["spool"]["backlog"] == 0 and c["link"]["up"] is True
+    assert c["state"] in {s.value for s in State} and c["version"]
+
+
+def test_sigterm_stops_and_unacknowledged_fixes_stay_on_disk(tmp_path: Path) -> None:
+    h = Harness(make_app(tmp_path))
+    h.auto_ack = False
+    h.event(LinkUp())
+    h.play("qtpositioning/nmealog.txt", limit=60)
+    h.event(SignalReceived(signal.SIGTERM))
+    assert h.app.running is False and h.app.stop_reason == "SIGTERM"
+    h.app.shutdown()
+    assert h.uplink.stopped
+    with Spool(tmp_path / "spool.db") as spool:
+        assert spool.stats().backlog == h.app.reports > 0
+        assert spool.take_oldest(1)[0].seq == 1
+
+
+def test_a_shadow_delta_changes_the_policy_without_a_restart(harness: Harness) -> None:
+    harness.event(LinkUp())
+    prefix = f"$aws/things/{THING}/shadow"
+    assert f"{prefix}/update/delta" in harness.uplink.subscriptions
+    delta = {"version": 7, "state": {"policy": {"distance_m": 40, "bogus": 1}}}
+    harness.event(Inbound(f"{prefix}/update/delta", json.dumps(delta).encode()))
+    assert harness.app.cfg.policy.distance_m == 40
+    assert harness.app.device.cfg.distance_m == 40
+    reports = [json.loads(p.payload) for p in harness.uplink.on("/shadow/update")]
+    assert reports[-1]["state"]["reported"]["policy"]["distance_m"] == 40
+    # persisted: a new app on the same spool directory starts with it
+    harness.app.shutdown()
+    again = make_app(Path(harness.app.cfg.spool.path).parent)
+    assert again.cfg.policy.distance_m == 40
+    again.spool.close()
+
+
+def test_a_malicious_shadow_document_changes_nothing(harness: Harness) -> None:
+    harness.event(LinkUp())
+    before = harness.app.cfg
+    topic = f"$aws/things/{THING}/shadow/update/delta"
+    for payload in (
+        b"\xff" * 10,
+        b"[]",
+        b'{"version": 9, "state": {"policy": {"distance_m": -5}}}',
+        json.dumps({"version": 10, "state": {"aws": {"endpoint": "evil.example"}}}).encode(),
+    ):
+        harness.event(Inbound(topic, payload))
+    assert harness.app.cfg == before
+
+
+def test_driving_off_after_parking_wakes_from_low_power(harness: Harness) -> None:
+    """No motion sensor, no GPS power control: the fixes that keep coming are the motion sensor."""
+    harness.event(LinkUp())
+    harness.play("nmeaparser/NmeaSampleData.txt", limit=4000)
+    i = harness.states.index("low_power")
+    assert "reporting" in harness.states[i:]
+    reasons = [c["reason"] for c in harness.uplink.conditions()]
+    assert reasons.index("low_power_enter") < reasons.index("low_power_exit")

@@ -1,0 +1,384 @@
+"""`tracker check`: every setup mistake on a board, found before the service starts, as a table.
+
+Owns the checks (config, files, permissions, credentials, clock, GPS, spool, endpoint). Must not
+import the AWS SDK: `--online` speaks TLS and one MQTT CONNECT with the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import socket
+import ssl
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracker import config as tconfig
+from tracker import credentials as cred
+from tracker.credentials import FAIL, OK, WARN
+from tracker.errors import ConfigError, GpsError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+SERVICE_USER = "tracker"
+STATE_DIRECTORY = "/var/lib/tracker"  # systemd creates and chowns it (StateDirectory=tracker)
+EXIT = {OK: 0, WARN: 1, FAIL: 2}
+
+
+@dataclass(frozen=True)
+class Result:
+    """One line of the table."""
+
+    level: str
+    name: str
+    detail: str
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Probe:
+    """What the checks read from the world; tests replace the parts this machine lacks."""
+
+    now: Callable[[], dt.datetime] = _now
+    user: cred.ServiceUser | str | None = "lookup"
+    gps_window_s: float = 3.0
+    gps_read_s: float = 0.5
+    min_free_bytes: int = 20 * 1024 * 1024
+    min_free_ratio: float = 0.05
+    connect_timeout_s: float = 10.0
+    open_port: Callable[..., Any] | None = None  # default hw.gps.open_gps
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def service_user(self) -> cred.ServiceUser | None:
+        if self.user == "lookup":
+            self.user = cred.lookup_user(SERVICE_USER)
+        assert not isinstance(self.user, str)
+        return self.user
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def check_config(path: Path, environ: dict[str, str]) -> tuple[list[Result], dict[str, Any]]:
+    """Each config mistake as its own FAIL line; returns the values that passed, by section."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        return [
+            Result(FAIL, "config", f"{path} not found; provision the board or pass --config FILE")
+        ], {}
+    except PermissionError:
+        return [Result(FAIL, "config", f"{path} is not readable by this user; run as root")], {}
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return [Result(FAIL, "config", f"{path} is not valid TOML: {exc}")], {}
+    doc = tconfig.merge(doc, tconfig.env_overrides(environ))
+    errors: list[str] = []
+    good: dict[str, Any] = {}
+    for section in sorted(set(doc) - set(tconfig.SECTION_TYPES)):
+        errors.append(f"unknown section [{section}]; allowed: {', '.join(tconfig.SECTION_TYPES)}")
+    for section, cls in tconfig.SECTION_TYPES.items():
+        raw = doc.get(section, {})
+        if not isinstance(raw, dict):
+            errors.append(f"[{section}] must be a table")
+            continue
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key in sorted(set(raw) - set(fields)):
+            errors.append(f"unknown key [{section}] {key}; allowed: {', '.join(fields)}")
+        for name, f in fields.items():
+            if name in raw:
+                try:
+                    values[name] = tconfig.check_value(section, f, raw[name])
+                except ConfigError as exc:
+                    errors.append(str(exc))
+            elif f.default is tconfig.REQUIRED:
+                errors.append(f"missing key [{section}] {name}: {f.metadata['doc']}")
+            else:
+                values[name] = f.default
+        good[section] = values
+    if not errors:
+        try:
+            tconfig.from_dict(doc)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        return [Result(FAIL, "config", e) for e in errors], good
+    return [Result(OK, "config", str(path))], good
+
+
+# ------------------------------------------------------------------------------ GPS and spool
+
+
+def check_gps(gps: dict[str, Any], probe: Probe) -> Result:
+    """The port opens and shows checksum-valid NMEA within the window."""
+    from hw.gps import BAUD_RATES, detect_baudrate, is_device_path, open_gps
+    from tracker.nmea import count_valid_sentences
+
+    url, baud = gps.get("url"), gps.get("baudrate")
+    if not isinstance(url, str) or not isinstance(baud, int):
+        return Result(FAIL, "gps", "no usable [gps] url / baudrate (see the config lines)")
+    opener = probe.open_port or open_gps
+    try:
+        port = opener(url, baudrate=baud, timeout=probe.gps_read_s)
+    except GpsError as exc:
+        return Result(FAIL, "gps", str(exc))
+    data = bytearray()
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < probe.gps_window_s:
+            data += port.read(1024)
+            valid = count_valid_sentences(bytes(data))
+            if valid >= 2:
+                return Result(OK, "gps", f"{valid} valid NMEA sentences from {url} at {baud} baud")
+        if data and is_device_path(url):  # bytes but no NMEA: most often the wrong baud rate
+            port.close()
+            reads = max(2, int(probe.gps_window_s / probe.gps_read_s))
+            found = detect_baudrate(
+                url, baud, open_port=opener, timeout=probe.gps_read_s, reads=reads
+            )
+            if found is not None:
+                found.port.close()
+                return _baud_verdict(url, baud, found.baudrate, bool(gps.get("detect_baud")))
+    except (GpsError, OSError) as exc:  # a port that vanishes while read
+        return Result(FAIL, "gps", f"reading {url} failed: {' '.join(str(exc).split())}")
+    finally:
+        port.close()
+    window = f"{probe.gps_window_s:g} s"
+    if not is_device_path(url):
+        return Result(FAIL, "gps", f"no valid NMEA from {url} within {window}")
+    others = "/".join(str(r) for r in BAUD_RATES if r != baud)
+    if data:
+        return Result(
+            FAIL,
+            "gps",
+            f"{len(data)} bytes but no valid NMEA from {url} within {window} at {baud} baud, "
+            f"nor at {others}: check the receiver's protocol setting (NMEA output on)",
+        )
+    return Result(
+        FAIL,
+        "gps",
+        f"nothing received from {url} within {window} at {baud} baud: "
+        "check wiring (GPS TX to board RX), power and antenna, that the "
+        f"serial console is off, or the baud rate ({others})",
+    )
+
+
+def _baud_verdict(url: str, configured: int, found: int, detect: bool) -> Result:
+    if found == configured:
+        return Result(OK, "gps", f"valid NMEA from {url} at {found} baud (after a slow start)")
+    if detect:
+        return Result(
+            WARN,
+            "gps",
+            f"{url} sends NMEA at {found} baud, not {configured}: the tracker detects it at "
+            f"start (detect_baud); set [gps] baudrate = {found} to start faster",
+        )
+    return Result(
+        FAIL,
+        "gps",
+        f"{url} sends NMEA at {found} baud, not {configured}: set [gps] baudrate = {found}",
+    )
+
+
+def check_spool(spool: dict[str, Any], probe: Probe) -> Iterator[Result]:
+    """The spool directory exists, is writable by the service, and its disk has room."""
+    value = spool.get("path")
+    if not isinstance(value, str):
+        return
+    directory = Path(value).parent
+    if not directory.is_dir():
+        if str(directory) == STATE_DIRECTORY:
+            yield Result(
+                WARN,
+                "spool dir",
+                f"{directory} does not exist yet; systemd creates it at start (StateDirectory)",
+            )
+        else:
+            yield Result(
+                FAIL,
+                "spool dir",
+                f"{directory} does not exist: mkdir -p {directory} or fix [spool] path",
+            )
+        return
+    user = probe.service_user()
+    write = (stat.S_IWUSR | stat.S_IXUSR, stat.S_IWGRP | stat.S_IXGRP, stat.S_IWOTH | stat.S_IXOTH)
+    if (
+        user
+        and str(directory) != STATE_DIRECTORY
+        and not cred.user_may(user, directory.stat(), write)
+    ):
+        yield Result(
+            FAIL,
+            "spool dir",
+            f"{directory} is not writable by the service user "
+            f"{user.name}: chown {user.name}: {directory}",
+        )
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        yield Result(FAIL, "spool dir", f"{directory} is not writable; fix its owner or mode")
+    else:
+        yield Result(OK, "spool dir", f"{directory} is writable")
+    usage = shutil.disk_usage(directory)
+    free_mb = usage.free / 1e6
+    if usage.free < probe.min_free_bytes:
+        yield Result(
+            FAIL,
+            "disk",
+            f"only {free_mb:.0f} MB free under {directory}: free some "
+            "space; the spool needs room while offline",
+        )
+    elif usage.free < usage.total * probe.min_free_ratio:
+        yield Result(WARN, "disk", f"{directory}'s disk is nearly full ({free_mb:.0f} MB free)")
+    else:
+        yield Result(OK, "disk", f"{free_mb:.0f} MB free under {directory}")
+
+
+# ------------------------------------------------------------------------------ online
+
+CONNACK_CODES = {
+    1: "unacceptable protocol version",
+    2: "client id rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized: check the policy attached to the certificate",
+}
+
+
+def mqtt_connect_packet(client_id: str, keepalive_s: int = 30) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session."""
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02" + keepalive_s.to_bytes(2, "big")
+    body += len(cid).to_bytes(2, "big") + cid
+    length, n = b"", len(body)
+    while True:
+        digit, n = n % 128, n // 128
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            break
+    return b"\x10" + length + body
+
+
+def check_online(aws: dict[str, Any], thing: str, probe: Probe) -> Iterator[Result]:
+    """Resolve the endpoint, open mutual TLS with the board's credentials, and send CONNECT."""
+    host, port = aws.get("endpoint"), aws.get("port")
+    if not isinstance(host, str) or not isinstance(port, int) or not thing:
+        yield Result(FAIL, "endpoint", "no usable [aws] endpoint / port or thing name")
+        return
+    try:
+        addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        yield Result(
+            FAIL,
+            "dns",
+            f"cannot resolve {host}: {exc.strerror or exc}; check [aws] "
+            "endpoint and the board's DNS",
+        )
+        return
+    yield Result(OK, "dns", f"{host} is {addr}")
+    try:
+        ctx = ssl.create_default_context(cafile=aws["ca"])
+        ctx.load_cert_chain(aws["cert"], aws["key"])
+        if port == 443:
+            ctx.set_alpn_protocols(["x-amzn-mqtt-ca"])
+    except (OSError, ssl.SSLError, KeyError, TypeError) as exc:
+        yield Result(FAIL, "tls", f"cannot load the credentials for TLS: {exc}")
+        return
+    try:
+        raw = socket.create_connection((host, port), timeout=probe.connect_timeout_s)
+    except OSError as exc:
+        yield Result(
+            FAIL,
+            "connect",
+            f"cannot reach {host}:{port}: {exc.strerror or exc}; check "
+            "the port, a firewall or the network",
+        )
+        return
+    try:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            yield Result(OK, "tls", f"{host}:{port} {tls.version()}, server certificate trusted")
+            tls.sendall(mqtt_connect_packet(thing))
+            reply = tls.recv(4)
+            if len(reply) < 4 or reply[0] != 0x20:
+                yield Result(
+                    FAIL,
+                    "mqtt",
+                    f"{host} closed the connection: is the certificate "
+                    f"registered and active, and may it connect as {thing}?",
+                )
+            elif reply[3] != 0:
+                why = CONNACK_CODES.get(reply[3], f"code {reply[3]}")
+                yield Result(FAIL, "mqtt", f"{host} refused CONNECT as {thing}: {why}")
+            else:
+                tls.sendall(b"\xe0\x00")  # DISCONNECT
+                yield Result(OK, "mqtt", f"connected as {thing}")
+    except ssl.SSLCertVerificationError as exc:
+        yield Result(
+            FAIL,
+            "tls",
+            f"{host}'s certificate is not trusted by [aws] ca: "
+            f"{exc.verify_message}; use AmazonRootCA1.pem",
+        )
+    except (ssl.SSLError, OSError) as exc:
+        yield Result(
+            FAIL,
+            "tls",
+            f"TLS with {host}:{port} failed: {exc}; is the device "
+            "certificate registered and active?",
+        )
+    finally:
+        raw.close()
+
+
+# ------------------------------------------------------------------------------ command
+
+
+def run_checks(path: Path, online: bool = False, probe: Probe | None = None) -> list[Result]:
+    """Every check, in the order a person would fix them."""
+    probe = probe or Probe()
+    results, good = check_config(path, probe.environ)
+    aws = good.get("aws", {})
+    results += [
+        Result(v.level, name, v.detail)
+        for name, v in cred.check_files(aws, probe.service_user(), probe.now())
+    ]
+    results.append(check_gps(good.get("gps", {}), probe))
+    results += check_spool(good.get("spool", {}), probe)
+    if online:
+        results += check_online(aws, good.get("device", {}).get("thing_name", ""), probe)
+    return results
+
+
+def table(results: list[Result]) -> str:
+    """One line per check: level, name, detail; then a count."""
+    width = max((len(r.name) for r in results), default=4)
+    lines = [f"{r.level:<4}  {r.name:<{width}}  {r.detail}" for r in results]
+    counts = {level: sum(r.level == level for r in results) for level in (FAIL, WARN, OK)}
+    lines.append(", ".join(f"{n} {level}" for level, n in counts.items()))
+    return "\n".join(lines)
+
+
+def exit_status(results: list[Result]) -> int:
+    """0 all OK, 1 warnings only, 2 at least one FAIL."""
+    return max((EXIT[r.level] for r in results), default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tracker check [--config FILE] [--online]`."""
+    path = Path(args.config or os.environ.get("TRACKER_CONFIG") or tconfig.DEFAULT_CONFIG)
+    results = run_checks(path, online=args.online)
+    print(table(results))
+    return exit_status(results)

@@ -1,0 +1,260 @@
+"""Message payloads: live fixes, packed backlog batches and condition reports, and their decoding.
+
+Pure (standard library and `tracker.fix` only); must not import sqlite3, awsiot or awscrt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from tracker.errors import CodecError
+from tracker.fix import Fix, Record
+
+BATCH_VERSION = 1
+MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's message size limit
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MS = timedelta(milliseconds=1)
+
+# Batch columns, in row order (most often non-zero first, so trailing zeros can be cut):
+# name, scale (stored integer = round(value * scale)), nullable
+COLUMNS: tuple[tuple[str, int, bool], ...] = (
+    ("time", 1000, False),  # ms since 1970
+    ("lat", 10_000_000, False),  # 1e-7 deg
+    ("lon", 10_000_000, False),
+    ("speed", 100, True),  # cm/s
+    ("course", 10, True),  # 0.1 deg
+    ("alt", 100, True),  # cm
+    ("hdop", 100, True),
+    ("sats", 1, True),
+    ("trigger", 1, False),  # index into the batch's trigger table
+    ("mode", 1, False),
+    ("seq", 1, False),  # stored as the step minus one: consecutive seqs cost nothing
+)
+NCOL = len(COLUMNS)
+_SEQ = NCOL - 1
+
+
+def quantize(fix: Fix) -> Fix:
+    """The fix as a batch carries it: time to 1 ms (truncated), each number to its column's step.
+
+    Numbers round to the nearest step (lat/lon 1e-7 deg, speed 0.01 m/s, course 0.1 deg wrapped
+    into [0, 360), alt 0.01 m, hdop 0.01); `decode` returns exactly these values.
+    """
+    ints = _ints(fix)
+    kw: dict[str, Any] = {}
+    for (name, scale, _), v in zip(COLUMNS[1:8], ints[1:8], strict=True):
+        kw[name] = None if v is None else _unscale(v, name, scale)
+    return Fix(time=EPOCH + MS * ints[0], mode=fix.mode, **kw)  # type: ignore[operator]
+
+
+def encode_live(record: Record) -> bytes:
+    """One fix as plain JSON: `seq`, `trigger` (when set) and the fields of `Fix.to_dict()`.
+
+    Numbers go out exactly (shortest round-tripping float); unknown (None) fields are left out.
+    """
+    d: dict[str, Any] = {"seq": record.seq}
+    if record.trigger:
+        d["trigger"] = record.trigger
+    d.update((k, v) for k, v in record.fix.to_dict().items() if v is not None)
+    try:
+        return _dumps(d)
+    except ValueError as exc:  # NaN or infinity: validity gates should never let one through
+        raise CodecError(f"fix {record.seq} cannot be encoded: {exc}") from exc
+
+
+def encode_batch(records: Sequence[Record], max_bytes: int = 5120) -> tuple[bytes, int]:
+    """Pack the first n >= 1 records that fit in max_bytes; returns (payload, n).
+
+    A single record larger than max_bytes still goes alone, so the caller always progresses.
+    """
+    if not records:
+        raise CodecError("encode_batch needs at least one record")
+    if not 64 <= max_bytes <= MAX_PAYLOAD:
+        raise CodecError(f"max_bytes {max_bytes} is outside 64..{MAX_PAYLOAD}")
+    head = b'{"v":%d,"d":[' % BATCH_VERSION
+    triggers: list[str] = []
+    rows: list[bytes] = []
+    state = [0] * NCOL
+    state[_SEQ] = -1
+    size = len(head) + len(b'],"tt":[]}')
+    tt_size = 0
+    for rec in records:
+        new_trigger = rec.trigger not in triggers
+        if new_trigger:
+            triggers.append(rec.trigger)
+        row = _row(rec, state, triggers)
+        add = len(row) + (1 if rows else 0)
+        tt_add = (len(_dumps(rec.trigger)) + (1 if tt_size else 0)) if new_trigger else 0
+        if rows and size + add + tt_add > max_bytes:
+            if new_trigger:
+                triggers.pop()
+            break
+        rows.append(row)
+        size += add + tt_add
+        tt_size += tt_add
+        _advance(state, rec, triggers)
+    tt = _dumps(triggers)
+    payload = head + b",".join(rows) + b'],"tt":' + tt + b"}"
+    return payload, len(rows)
+
+
+def encode_condition(fields: Mapping[str, Any]) -> bytes:
+    """A condition message (battery, temperature, backlog, state...) as compact JSON."""
+    try:
+        return _dumps(dict(fields))
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"condition message cannot be encoded: {exc}") from exc
+
+
+def decode(payload: bytes) -> list[Record]:
+    """A live or batch payload -> its records; CodecError (one line) on anything malformed."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"not JSON: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(doc, dict):
+        raise CodecError("not a message: expected a JSON object")
+    if "d" in doc:
+        return _decode_batch(doc)
+    if "seq" in doc:
+        return [_decode_live(doc)]
+    raise CodecError("not a location message: neither a live fix (seq) nor a batch (v, d)")
+
+
+# --- encoding helpers ---------------------------------------------------------------------------
+
+
+def _dumps(v: Any) -> bytes:
+    return json.dumps(v, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+def _scaled(name: str, v: float, scale: int) -> int:
+    if not math.isfinite(v):
+        raise CodecError(f"{name} {v} is not a finite number")
+    return round(v * scale)
+
+
+def _unscale(i: int, name: str, scale: int) -> float | int:
+    return i if name == "sats" else i / scale
+
+
+def _ints(f: Fix) -> list[int | None]:
+    out: list[int | None] = [(f.time - EPOCH) // MS]
+    for name, scale, _ in COLUMNS[1:8]:
+        v = getattr(f, name)
+        out.append(None if v is None else _scaled(name, v, scale))
+    if out[4] is not None:
+        out[4] %= 3600  # course 359.96 is 0.0, not 360.0
+    return out
+
+
+def _values(rec: Record, triggers: list[str]) -> list[int | None]:
+    return [*_ints(rec.fix), triggers.index(rec.trigger), rec.fix.mode, rec.seq]
+
+
+def _row(rec: Record, state: list[int], triggers: list[str]) -> bytes:
+    vals = _values(rec, triggers)
+    row = [None if v is None else v - s for v, s in zip(vals, state, strict=True)]
+    row[_SEQ] = int(row[_SEQ] or 0) - 1
+    while row and row[-1] == 0:
+        row.pop()
+    return _dumps(row)
+
+
+def _advance(state: list[int], rec: Record, triggers: list[str]) -> None:
+    for i, v in enumerate(_values(rec, triggers)):
+        if v is not None:
+            state[i] = v
+
+
+# --- decoding helpers ---------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _decode_live(doc: dict[str, Any]) -> Record:
+    seq, trigger = doc.get("seq"), doc.get("trigger", "")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise CodecError(f"seq {seq!r} is not a non-negative integer")
+    if not isinstance(trigger, str):
+        raise CodecError(f"trigger {trigger!r} is not a string")
+    for key in ("lat", "lon", "alt", "speed", "course", "hdop"):
+        v = doc.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise CodecError(f"{key} {v!r} is not a number")
+    if doc.get("sats") is not None and not _is_int(doc["sats"]):
+        raise CodecError(f"sats {doc['sats']!r} is not an integer")
+    if not _is_int(doc.get("mode", 2)):
+        raise CodecError(f"mode {doc.get('mode')!r} is not an integer")
+    try:
+        fix = Fix.from_dict(doc)
+    except KeyError as exc:
+        raise CodecError(f"live fix has no {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"live fix is malformed: {exc}") from exc
+    return Record(seq, _checked(fix), trigger)
+
+
+def _decode_batch(doc: dict[str, Any]) -> list[Record]:
+    if doc.get("v") != BATCH_VERSION:
+        raise CodecError(f"batch version {doc.get('v')!r} is not supported (expected 1)")
+    rows, triggers = doc.get("d"), doc.get("tt")
+    if not isinstance(rows, list) or not rows:
+        raise CodecError("batch field d is not a non-empty list of rows")
+    if not isinstance(triggers, list) or not all(isinstance(t, str) for t in triggers):
+        raise CodecError("batch field tt is not a list of strings")
+    state = [0] * NCOL
+    state[_SEQ] = -1
+    out: list[Record] = []
+    for n, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) > NCOL:
+            raise CodecError(f"batch row {n} is not a list of at most {NCOL} numbers")
+        row = row + [0] * (NCOL - len(row))
+        vals: list[int | None] = []
+        for i, (d, (name, _, nullable)) in enumerate(zip(row, COLUMNS, strict=False)):
+            if d is None and nullable:
+                vals.append(None)
+                continue
+            if not _is_int(d):
+                raise CodecError(f"batch row {n}: {name} {d!r} is not an integer")
+            state[i] += d + (1 if i == _SEQ else 0)
+            vals.append(state[i])
+        out.append(_record(n, vals, triggers))
+    return out
+
+
+def _record(n: int, vals: list[int | None], triggers: list[str]) -> Record:
+    t_ms, trig, mode, seq = vals[0], vals[8], vals[9], vals[_SEQ]
+    assert t_ms is not None and trig is not None and mode is not None and seq is not None
+    if not 0 <= trig < len(triggers):
+        raise CodecError(f"batch row {n}: trigger index {trig} is not in tt")
+    if seq < 0:
+        raise CodecError(f"batch row {n}: seq {seq} is negative")
+    kw: dict[str, Any] = {}
+    try:
+        time = EPOCH + MS * t_ms
+        for (name, scale, _), v in zip(COLUMNS[1:8], vals[1:8], strict=True):
+            kw[name] = None if v is None else _unscale(v, name, scale)
+    except OverflowError as exc:
+        raise CodecError(f"batch row {n}: a value is out of range") from exc
+    return Record(seq, _checked(Fix(time=time, mode=mode, **kw)), triggers[trig])
+
+
+def _checked(fix: Fix) -> Fix:
+    if not -90.0 <= fix.lat <= 90.0 or not -180.0 <= fix.lon <= 180.0:
+        raise CodecError(f"position {fix.lat}, {fix.lon} is out of range")
+    if fix.mode not in (2, 3):
+        raise CodecError(f"mode {fix.mode} is not 2 or 3")
+    if fix.sats is not None and not 0 <= fix.sats <= 255:
+        raise CodecError(f"sats {fix.sats} is out of range")
+    for name in ("alt", "speed", "course", "hdop"):
+        v = getattr(fix, name)
+        if v is not None and not math.isfinite(v):
+            raise CodecError(f"{name} {v} is not a finite number")
+    return fix

@@ -1,0 +1,250 @@
+"""Store and forward: moves records from the spool to the connection, a bounded window at a time.
+
+Owns the in-flight bookkeeping (publish token -> seqs). Pure with respect to the SDK: it talks to a
+`Publisher` (`tracker.uplink.Uplink` in the daemon) and must not import awsiot, awscrt or sqlite3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from tracker import codec
+from tracker.clock import Clock, SystemClock
+from tracker.fix import Record
+
+if TYPE_CHECKING:  # the spool module is the only SQLite user; only its type is needed here
+    from tracker.spool import Spool
+
+MIN_BATCH = 512  # the smallest [aws] batch_bytes allows
+MAX_TAKE = 2000  # records read for one batch at most
+RELEASED_MEMORY = 100_000  # seqs remembered to count re-sends (bounded; an undercount beyond)
+
+
+class Publisher(Protocol):
+    """Anything that can hand a QoS 1 publish to the network and report its outcome later."""
+
+    def publish(self, topic: str, payload: bytes) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardStats:
+    """Counters since start; `wire_bytes` counts MQTT PUBLISH packets (TLS/TCP not included)."""
+
+    messages_sent: int = 0
+    fixes_sent: int = 0
+    live_sent: int = 0  # messages carrying the newest fix alone
+    messages_acked: int = 0
+    fixes_acked: int = 0
+    in_flight: int = 0  # messages awaiting their PUBACK
+    in_flight_fixes: int = 0
+    orphaned: int = 0  # released on link down; the SDK may still deliver them (duplicates)
+    late_acks: int = 0  # orphaned messages acknowledged after all
+    failed: int = 0  # PubFailed for messages in flight
+    resent_fixes: int = 0  # fixes sent again after a release: the cloud may see them twice
+    wire_bytes: int = 0
+    payload_bytes: int = 0
+
+
+def publish_packet_bytes(topic: str, payload_len: int) -> int:
+    """Size of an MQTT 5 QoS 1 PUBLISH without properties: header, topic, packet id, payload."""
+    rest = 2 + len(topic.encode()) + 2 + 1 + payload_len
+    varint = 1 if rest < 128 else 2 if rest < 16_384 else 3 if rest < 2_097_152 else 4
+    return 1 + varint + rest
+
+
+@dataclass(slots=True)
+class _Message:
+    seqs: tuple[int, ...]
+    wire: int
+
+
+class Forwarder:
+    """Sends the newest fix first (live), then the backlog oldest first in packed batches.
+
+    At most `window` messages await a PUBACK, and at most `2 * window` are inside the SDK counting
+    the ones orphaned by a lost link, so memory stays flat whatever the backlog on disk. Call
+    `pump()` after every event (a new fix, LinkUp, PubAck, PubFailed) and at `wake_at()`.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        publisher: Publisher,
+        topic: str,
+        *,
+        window: int = 8,
+        batch_bytes: int = 5120,
+        clock: Clock | None = None,
+        retry_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
+        if not topic or any(c in topic for c in "+#\0"):
+            raise ValueError(f"invalid topic {topic!r}")
+        if window < 1:
+            raise ValueError(f"window {window} must be at least 1")
+        self._spool = spool
+        self._pub = publisher
+        self._topic = topic
+        self._window = window
+        self._batch_bytes = max(MIN_BATCH, min(batch_bytes, codec.MAX_PAYLOAD))
+        self._clock = clock or SystemClock()
+        self._retry = (retry_s, retry_max_s)
+        self._linked = False
+        self._inflight: dict[int, _Message] = {}
+        self._orphans: dict[int, tuple[int, ...]] = {}
+        self._released: set[int] = set()
+        self._top = 0  # highest seq considered for the live slot
+        # records to read for the next batch; adapts to what fits (a packed row takes ~15 bytes)
+        self._take = max(8, self._batch_bytes // 10)
+        self._failures = 0
+        self._hold_until = 0.0
+        self._n = dict.fromkeys(
+            (
+                "messages_sent",
+                "fixes_sent",
+                "live_sent",
+                "messages_acked",
+                "fixes_acked",
+                "late_acks",
+                "failed",
+                "resent_fixes",
+                "wire_bytes",
+                "payload_bytes",
+            ),
+            0,
+        )
+
+    @property
+    def linked(self) -> bool:
+        return self._linked
+
+    @property
+    def batch_bytes(self) -> int:
+        """Largest backlog payload; may change at run time (a remote setting)."""
+        return self._batch_bytes
+
+    @batch_bytes.setter
+    def batch_bytes(self, value: int) -> None:
+        self._batch_bytes = max(MIN_BATCH, min(int(value), codec.MAX_PAYLOAD))
+        self._take = max(8, self._batch_bytes // 10)
+
+    def link_up(self) -> None:
+        """The connection is up: sending may start (call `pump()`)."""
+        self._linked = True
+        self._failures = 0
+        self._hold_until = 0.0
+
+    def link_down(self) -> None:
+        """The connection is lost: every record in flight is ready again in the spool."""
+        self._linked = False
+        for token, msg in self._inflight.items():
+            self._spool.release(msg.seqs)
+            self._orphans[token] = msg.seqs
+            self._remember_released(msg.seqs)
+        self._inflight.clear()
+
+    def on_puback(self, token: int) -> None:
+        """The broker has the message: its records leave the spool."""
+        msg = self._inflight.pop(token, None)
+        if msg is not None:
+            self._spool.ack(msg.seqs)
+            self._n["messages_acked"] += 1
+            self._n["fixes_acked"] += len(msg.seqs)
+            self._failures = 0
+            return
+        if self._orphans.pop(token, None) is not None:
+            # Delivered after all. Its records were released and go again (a duplicate, never
+            # a loss): a PUBACK proves the broker took them, not that anyone consumed them.
+            self._n["late_acks"] += 1
+
+    def on_failed(self, token: int) -> None:
+        """The SDK gave up on the message: its records are ready again; sending pauses a while."""
+        msg = self._inflight.pop(token, None)
+        if msg is None:
+            self._orphans.pop(token, None)
+            return
+        self._spool.release(msg.seqs)
+        self._remember_released(msg.seqs)
+        self._n["failed"] += 1
+        self._failures += 1
+        base, cap = self._retry
+        delay = min(cap, base * 2 ** min(self._failures - 1, 30))
+        self._hold_until = self._clock.monotonic() + delay
+
+    def wake_at(self) -> float | None:
+        """When `pump()` should run again after a failure pause (monotonic time), if paused."""
+        return self._hold_until if self._hold_until > self._clock.monotonic() else None
+
+    def pump(self) -> None:
+        """Fill the window: the newest unsent fix first as a live message, then the backlog."""
+        if not self._linked or self._clock.monotonic() < self._hold_until:
+            return
+        if self._room() > 0:
+            self._send_live()
+        while self._room() > 0 and self._send_batch():
+            pass
+
+    def stats(self) -> ForwardStats:
+        return ForwardStats(
+            in_flight=len(self._inflight),
+            in_flight_fixes=sum(len(m.seqs) for m in self._inflight.values()),
+            orphaned=len(self._orphans),
+            **self._n,
+        )
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _room(self) -> int:
+        own = self._window - len(self._inflight)
+        sdk = 2 * self._window - len(self._inflight) - len(self._orphans)
+        return min(own, sdk)
+
+    def _send_live(self) -> None:
+        newest = self._spool.stats().next_seq - 1
+        if newest <= self._top:
+            return
+        self._top = newest
+        rec = self._spool.take_newest()
+        if rec is not None:
+            self._publish((rec,), codec.encode_live(rec))
+            self._n["live_sent"] += 1
+
+    def _send_batch(self) -> bool:
+        recs = self._spool.take_oldest(self._take)
+        if not recs:
+            return False
+        payload, n = codec.encode_batch(recs, self._batch_bytes)
+        if n < len(recs):
+            self._spool.release([r.seq for r in recs[n:]])
+            self._take = max(1, n + max(2, n // 8))
+        elif len(recs) == self._take:
+            self._take = min(MAX_TAKE, self._take * 2)
+        self._publish(recs[:n], payload)
+        return True
+
+    def _publish(self, recs: Sequence[Record], payload: bytes) -> None:
+        seqs = tuple(r.seq for r in recs)
+        try:
+            token = self._pub.publish(self._topic, payload)
+        except BaseException:
+            self._spool.release(seqs)
+            raise
+        wire = publish_packet_bytes(self._topic, len(payload))
+        self._inflight[token] = _Message(seqs, wire)
+        n = self._n
+        n["messages_sent"] += 1
+        n["fixes_sent"] += len(seqs)
+        n["wire_bytes"] += wire
+        n["payload_bytes"] += len(payload)
+        if self._released:
+            again = self._released.intersection(seqs)
+            if again:
+                n["resent_fixes"] += len(again)
+                self._released.difference_update(again)
+
+    def _remember_released(self, seqs: Sequence[int]) -> None:
+        if len(self._released) > RELEASED_MEMORY:
+            self._released.clear()
+        self._released.update(seqs)

@@ -1,0 +1,469 @@
+"""NMEA 0183 input: raw bytes -> checksum-verified sentence lines -> `Sentence` values.
+
+Pure and standard-library only (no serial, no pynmea2, no I/O); never raises on input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+
+MAX_SENTENCE = 200  # bytes from '$' to the checksum; NMEA says 82, real receivers send up to ~120
+MAX_PENDING = 4096  # bytes kept while waiting for a line end (binary streams have few b"\n")
+MAX_TYPES = 64  # distinct skipped sentence types counted one by one; the rest as "other"
+KNOTS_TO_MPS = 1852.0 / 3600.0
+KMH_TO_MPS = 1.0 / 3.6
+
+# The sentence types the decoder uses (talker ignored). Others are counted, not verified.
+USED_TYPES = frozenset({"RMC", "GGA", "GSA", "GLL", "GNS", "VTG", "ZDA", "GSV"})
+# Types whose time of day keys the receiver cycle (ZDA's is the output time: 50 ms later on
+# some receivers, so it dates the cycle but does not delimit it).
+TIMED_TYPES = frozenset({"RMC", "GGA", "GLL", "GNS"})
+# NMEA 2.3+ mode indicators that are not a fix: N not valid, S simulator, M manual input.
+_NOT_FIX_MODES = frozenset("NSM")
+
+
+@lru_cache(maxsize=8)
+def _line_pattern(only: frozenset[str] | None) -> re.Pattern[bytes]:
+    """A multi-line pattern: (run of skipped lines)(body, checksum | other line).
+
+    Lines of types not wanted are swallowed in runs, so Python never loops over them.
+    """
+    chars = rb"[\x20-\x23\x25-\x29\x2b-\x7e]*"  # printable ASCII but '$' and '*'
+    if only is None:
+        wanted = rb"[A-Z][A-Z0-9]{2,7},"
+        skip = rb"()"
+    else:
+        kinds = b"|".join(k.encode() for k in sorted(only) if k != "GSV")
+        gsv = rb"|GSV(?=,\d{1,2},1,)" if "GSV" in only else b""  # a group's first GSV only
+        wanted = rb"[A-Z][A-Z0-9](?:" + kinds + gsv + rb"),"
+        skip = rb"((?:\$(?!" + wanted + rb")[A-Z][A-Z0-9]{1,7},[^$\n]*\n)*)"
+    return re.compile(
+        rb"^" + skip + rb"(?:\$(" + wanted + chars + rb")\*([0-9A-Fa-f]{2})[\r ]*$|(.*)$)",
+        re.M,
+    )
+
+
+_TYPE_OF_LINE = re.compile(rb"^\$[A-Z][A-Z0-9]*?([A-Z0-9]{3}),", re.M)
+
+
+def _is_text(b: bytes) -> bool:
+    """True when every byte is printable ASCII (0x20-0x7e)."""
+    return b.isascii() and b.decode("ascii").isprintable()
+
+
+class LineFramer:
+    """Cut a byte stream into complete NMEA sentence lines; counts what it drops, by reason.
+
+    Copes with partial lines across reads, CRLF or LF, binary bytes between sentences (UBX,
+    SiRF), boot banners, `#` comment lines and overlong garbage. `feed` never raises.
+    """
+
+    def __init__(
+        self, *, allow_no_checksum: bool = False, only: frozenset[str] | None = None
+    ) -> None:
+        self.allow_no_checksum = allow_no_checksum
+        # When set, sentences of other types are counted in `skipped` without being verified.
+        self._only_b = None if only is None else frozenset(k.encode() for k in only)
+        self._pattern = _line_pattern(only)
+        self._pending = b""
+        self.counters: dict[str, int] = {}
+        self._skipped: Counter[bytes] = Counter()
+
+    def _drop(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def feed(self, data: bytes) -> list[str]:
+        """Complete, checksum-verified lines ("$GPRMC,...*hh", no CR/LF) ended by this chunk."""
+        return [f"${body}*{_checksum(body):02X}" for body in self.bodies(data)]
+
+    def bodies(self, data: bytes) -> list[str]:
+        """Like `feed` but returns the sentence bodies: the text between '$' and '*'."""
+        buf = self._pending + data if self._pending else data
+        cut = buf.rfind(b"\n") + 1
+        tail = buf[cut:]
+        if len(tail) > MAX_PENDING:
+            # no line end for a long while: keep only a possible sentence start
+            start = tail.rfind(b"$")
+            self._drop("overlong")
+            tail = tail[start:] if start >= 0 and len(tail) - start <= MAX_SENTENCE else b""
+        self._pending = tail
+        out: list[str] = []
+        runs: list[bytes] = []
+        # One C-speed pass sorts the lines: clean wanted sentences, types not wanted, the rest.
+        for run, body, ck, other in self._pattern.findall(buf, 0, cut):
+            if run:
+                runs.append(run)
+            if body:
+                if len(body) > MAX_SENTENCE:
+                    self._drop("overlong")
+                elif _xor(body) != int(ck, 16):
+                    self._drop("bad_checksum")
+                else:
+                    out.append(body.decode("ascii"))
+            elif other:
+                self._line(other, out)
+        if runs:
+            self._skipped.update(_TYPE_OF_LINE.findall(b"".join(runs)))
+            if len(self._skipped) > MAX_TYPES:
+                self._fold_types()
+        return out
+
+    def _fold_types(self) -> None:
+        """Keep the type counter small on a line that sends years of odd sentences."""
+        keep = self._skipped.most_common(MAX_TYPES - 1)
+        rest = sum(self._skipped.values()) - sum(n for _, n in keep)
+        self._skipped = Counter(dict(keep))
+        self._skipped[b"other"] += rest
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Sentences of types not wanted (see `only`), by type; not verified."""
+        return {k.decode("ascii", "replace"): v for k, v in self._skipped.items()}
+
+    def _line(self, raw: bytes, out: list[str]) -> None:
+        """Any line the fast pattern did not take."""
+        if raw[:1] == b"$" and raw.find(b"$", 1) < 0:
+            self._sentence(raw.rstrip(b"\r "), out)
+        else:
+            self._messy(raw, out)
+
+    def flush(self) -> list[str]:
+        """End of input: the last line as `feed` would give it, even without its line end."""
+        return self.feed(b"\n") if self._pending else []
+
+    def _messy(self, raw: bytes, out: list[str]) -> None:
+        """A line that is not one clean sentence: comments, banners, binary, fused sentences."""
+        line = raw.strip(b"\r ")
+        if not line:
+            return
+        pieces = line.split(b"$")
+        junk = pieces[0]
+        if junk[:1] == b"#":
+            self._drop("comment")
+            if len(pieces) > 1:
+                # binary that happens to start with '#' may precede a real sentence: keep what
+                # verifies and count nothing more (comments quote "$GPGSV" and the like)
+                saved, self.counters = self.counters, {}
+                try:
+                    self._pieces(pieces[1:], out)
+                finally:
+                    self.counters = saved
+            return
+        if junk:
+            self._drop("not_nmea" if _is_text(junk) else "binary")
+        self._pieces(pieces[1:], out)
+
+    def _pieces(self, pieces: list[bytes], out: list[str]) -> None:
+        """Candidate sentences cut at each '$'."""
+        only = self._only_b
+        for piece in pieces:
+            if not piece:
+                continue
+            comma = piece.find(b",")
+            kind = piece[comma - 3 : comma]
+            if (
+                only is not None
+                and comma > 2
+                and (
+                    kind not in only
+                    or piece[:1] == b"P"
+                    or (kind == b"GSV" and piece[comma + 1 : comma + 6].split(b",")[1:2] != [b"1"])
+                )
+            ):
+                self._skipped[kind if kind.isalnum() else b"other"] += 1
+                if len(self._skipped) > MAX_TYPES:
+                    self._fold_types()
+                continue
+            self._sentence(b"$" + piece, out)
+
+    def _sentence(self, s: bytes, out: list[str]) -> None:
+        """Verify one '$...' candidate and append its body to out."""
+        if len(s) > MAX_SENTENCE:
+            self._drop("overlong")
+            return
+        star = s.rfind(b"*")
+        if star < 0:
+            if not self.allow_no_checksum:
+                self._drop("no_checksum")
+                return
+            body = s[1:]
+        else:
+            body = s[1:star]
+            rest = s[star + 1 :]
+            if len(rest) > 2:
+                # trailing bytes after the checksum: binary glued to the line end
+                self._drop("binary" if not _is_text(rest[2:]) else "not_nmea")
+                rest = rest[:2]
+            try:
+                want = int(rest, 16) if len(rest) == 2 else -1
+            except ValueError:
+                want = -1
+            if _xor(body) != want:
+                self._drop("bad_checksum")
+                return
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        if not text.isprintable() or not text:
+            self._drop("binary")
+            return
+        comma = text.find(",")
+        if not 3 <= comma <= 8 or not text[:comma].isalnum():
+            self._drop("not_nmea")
+            return
+        out.append(text)
+
+
+_M1024, _M512, _M256 = (1 << 1024) - 1, (1 << 512) - 1, (1 << 256) - 1
+_M128, _M64 = (1 << 128) - 1, (1 << 64) - 1
+
+
+def _xor(body: bytes) -> int:
+    """XOR of all bytes (the NMEA checksum) of a body of at most 256 bytes (MAX_SENTENCE).
+
+    Folds one big integer in halves: 1.5 times as fast as a loop over the bytes.
+    """
+    x = int.from_bytes(body, "little")
+    n = len(body)
+    if n > 128:
+        x = (x >> 1024) ^ (x & _M1024)
+    if n > 64:
+        x = (x >> 512) ^ (x & _M512)
+    if n > 32:
+        x = (x >> 256) ^ (x & _M256)
+    x = (x >> 128) ^ (x & _M128)
+    x = (x >> 64) ^ (x & _M64)
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    return x & 0xFF
+
+
+def _checksum(body: str) -> int:
+    return _xor(body.encode("ascii"))
+
+
+def count_valid_sentences(data: bytes) -> int:
+    """How many checksum-valid NMEA sentences a chunk holds (for baud-rate detection)."""
+    framer = LineFramer()
+    return len(framer.bodies(data + b"\n"))
+
+
+# ---------------------------------------------------------------- sentence fields
+
+
+@dataclass(slots=True)
+class Sentence:
+    """What one sentence says about its cycle; None = the sentence does not say."""
+
+    kind: str  # sentence type without talker: "RMC", "GGA", ...
+    tod_ms: int | None = None  # UTC time of day, milliseconds
+    date: date | None = None
+    valid: bool | None = None  # the sentence's own fix verdict (status, quality, mode)
+    simulated: bool = False  # receiver in demo/simulator mode
+    lat: float | None = None
+    lon: float | None = None
+    alt: float | None = None  # metres MSL
+    speed: float | None = None  # m/s
+    course: float | None = None
+    mode: int | None = None  # GSA fix type: 1 none, 2 2D, 3 3D
+    sats_used: int | None = None
+    sats_in_view: int | None = None
+    hdop: float | None = None
+
+
+def parse_sentence(body: str) -> Sentence | None:
+    """Fields of a verified sentence body ("GPRMC,...") or None for a type not used.
+
+    Raises ValueError on a malformed field (the caller counts and skips the sentence).
+    """
+    if body[:1] == "P":
+        return None
+    # the first GSV of a group only matters for its count in view: no need to split it all
+    f = body.split(",", 4) if body[2:6] == "GSV," else body.split(",")
+    kind = f[0][-3:]
+    parser = _PARSERS.get(kind)
+    return None if parser is None else parser(kind, f)
+
+
+@lru_cache(maxsize=32)  # the sentences of one cycle repeat its time
+def _tod(v: str) -> int | None:
+    """hhmmss[.sss] -> milliseconds of the day."""
+    if not v:
+        return None
+    if len(v) < 6 or not v[:6].isdigit():
+        raise ValueError(f"bad time {v!r}")
+    h, m, s = int(v[0:2]), int(v[2:4]), int(v[4:6])
+    if h > 23 or m > 59 or s > 60:
+        raise ValueError(f"bad time {v!r}")
+    ms = 0
+    if len(v) > 7 and v[6] == ".":
+        frac = v[7:10]
+        if not frac.isdigit():
+            raise ValueError(f"bad time {v!r}")
+        ms = int(frac.ljust(3, "0"))
+    return ((h * 60 + m) * 60 + s) * 1000 + ms
+
+
+@lru_cache(maxsize=4)
+def _ddmmyy(d: str) -> date | None:
+    """RMC date; two-digit years read as 1980-2079 (GPS time starts in 1980)."""
+    if not d:
+        return None
+    if len(d) != 6 or not d.isdigit():
+        raise ValueError(f"bad date {d!r}")
+    yy = int(d[4:6])
+    return date(1900 + yy if yy >= 80 else 2000 + yy, int(d[2:4]), int(d[0:2]))
+
+
+@lru_cache(maxsize=16)  # RMC, GGA and GLL of one cycle repeat its position
+def _coord(v: str, hemi: str, neg: str) -> float | None:
+    """ddmm.mmmm (or dddmm.mmmm) and a hemisphere letter -> signed decimal degrees."""
+    if not v:
+        return None
+    x = float(v)
+    if x < 0.0 or x - x != 0.0:  # negative, nan or inf: the sign is the hemisphere's
+        raise ValueError(f"bad coordinate {v!r}")
+    deg = int(x // 100)
+    val = deg + (x - deg * 100) / 60.0
+    return -val if hemi == neg else val
+
+
+def _opt_float(v: str) -> float | None:
+    if not v:
+        return None
+    x = float(v)
+    if x - x != 0.0:  # nan or inf
+        raise ValueError(f"bad number {v!r}")
+    return x
+
+
+def _opt_int(v: str) -> int | None:
+    return int(v) if v else None
+
+
+def _at(f: list[str], i: int) -> str:
+    return f[i] if len(f) > i else ""
+
+
+# Parsers build `Sentence` positionally (5x faster than by keyword): kind, tod_ms, date, valid,
+# simulated, lat, lon, alt, speed, course, mode, sats_used, sats_in_view, hdop.
+
+
+def _rmc(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 10:
+        raise ValueError("RMC too short")
+    mode = _at(f, 12)[:1]
+    knots = _opt_float(f[7])
+    speed = None if knots is None else knots * KNOTS_TO_MPS
+    valid = f[2] == "A" and mode not in _NOT_FIX_MODES
+    lat, lon = _coord(f[3], f[4], "S"), _coord(f[5], f[6], "W")
+    return Sentence(
+        kind, _tod(f[1]), _ddmmyy(f[9]), valid, mode == "S", lat, lon,
+        None, speed, _opt_float(f[8]), None, None, None, None,
+    )  # fmt: skip
+
+
+def _gga(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 10:
+        raise ValueError("GGA too short")
+    q = _opt_int(f[6])
+    valid = q is not None and 1 <= q <= 6
+    lat, lon = _coord(f[2], f[3], "S"), _coord(f[4], f[5], "W")
+    return Sentence(
+        kind, _tod(f[1]), None, valid, q == 8, lat, lon,
+        _opt_float(f[9]), None, None, None, _opt_int(f[7]), None, _opt_float(f[8]),
+    )  # fmt: skip
+
+
+def _gll(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 7:
+        raise ValueError("GLL too short")
+    mode = _at(f, 7)[:1]
+    valid = f[6] == "A" and mode not in _NOT_FIX_MODES
+    lat, lon = _coord(f[1], f[2], "S"), _coord(f[3], f[4], "W")
+    return Sentence(
+        kind, _tod(f[5]), None, valid, mode == "S", lat, lon,
+        None, None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+def _gns(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 10:
+        raise ValueError("GNS too short")
+    modes = f[6]  # one character per constellation
+    # empty: a per-constellation GNS without a position of its own, says nothing
+    valid = any(c in "ADPRFE" for c in modes) if modes else None
+    lat, lon = _coord(f[2], f[3], "S"), _coord(f[4], f[5], "W")
+    return Sentence(
+        kind, _tod(f[1]), None, valid, "S" in modes, lat, lon,
+        _opt_float(f[9]), None, None, None, _opt_int(f[7]), None, _opt_float(f[8]),
+    )  # fmt: skip
+
+
+def _vtg(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 5:
+        raise ValueError("VTG too short")
+    if _at(f, 2) == "T" or len(f) >= 9:  # NMEA 2.x: value,unit pairs
+        knots, kmh = _opt_float(_at(f, 5)), _opt_float(_at(f, 7))
+        mode = _at(f, 9)[:1]
+    else:  # NMEA 1.5: course true, course magnetic, knots, km/h
+        knots, kmh, mode = _opt_float(f[3]), _opt_float(f[4]), ""
+    speed = knots * KNOTS_TO_MPS if knots is not None else None
+    if speed is None and kmh is not None:
+        speed = kmh * KMH_TO_MPS
+    valid = False if mode and mode in _NOT_FIX_MODES else None
+    return Sentence(
+        kind, None, None, valid, mode == "S", None, None,
+        None, speed, _opt_float(f[1]), None, None, None, None,
+    )  # fmt: skip
+
+
+def _gsa(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 18:
+        raise ValueError("GSA too short")
+    used = 12 - f[3:15].count("")
+    return Sentence(
+        kind, None, None, None, False, None, None,
+        None, None, None, _opt_int(f[2]), used, None, _opt_float(f[16]),
+    )  # fmt: skip
+
+
+def _zda(kind: str, f: list[str]) -> Sentence:
+    if len(f) < 5:
+        raise ValueError("ZDA too short")
+    day = None
+    if f[2] and f[3] and f[4]:
+        day = date(int(f[4]), int(f[3]), int(f[2]))
+    return Sentence(
+        kind, _tod(f[1]), day, None, False, None, None,
+        None, None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+def _gsv(kind: str, f: list[str]) -> Sentence:
+    # only the first message of a group carries news; its field 3 is the count in view
+    if len(f) < 4:
+        raise ValueError("GSV too short")
+    n = _opt_int(f[3]) if f[2] == "1" else None
+    return Sentence(
+        kind, None, None, None, False, None, None,
+        None, None, None, None, None, n, None,
+    )  # fmt: skip
+
+
+_PARSERS = {
+    "RMC": _rmc,
+    "GGA": _gga,
+    "GLL": _gll,
+    "GNS": _gns,
+    "VTG": _vtg,
+    "GSA": _gsa,
+    "ZDA": _zda,
+    "GSV": _gsv,
+}

@@ -1,0 +1,524 @@
+"""The crash-safe store-and-forward queue of fixes on disk: put, take, ack, release, bounded drops.
+
+The only module that imports sqlite3; must not import awsiot, awscrt or serial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from tracker.clock import Clock, SystemClock
+from tracker.errors import SpoolError
+from tracker.fix import Fix, Record
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SEQ_BLOCK = 1000  # seqs reserved ahead in the sidecar file: one small atomic write per block
+EVICT_ON_DISK_FULL = 16  # oldest rows dropped first when the disk is full (doubled until it fits)
+DROP_POLICIES = ("oldest", "newest")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+US = timedelta(microseconds=1)
+COLS = "seq, t_us, lat, lon, alt, speed, course, mode, sats, hdop, trigger"
+MARKS = ",".join("?" * 11)
+FIX_FIELDS = ("lat", "lon", "alt", "speed", "course", "mode", "sats", "hdop")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS fix (
+    seq INTEGER PRIMARY KEY, t_us INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL,
+    alt REAL, speed REAL, course REAL, mode INTEGER NOT NULL, sats INTEGER, hdop REAL,
+    trigger TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """Counters for condition messages and logs."""
+
+    backlog: int  # records not yet acknowledged (ready + in flight)
+    in_flight: int
+    dropped: dict[str, int]  # by reason: "full_oldest", "full_newest", "disk_full"
+    recovered_corrupt: int  # times a corrupt file was moved aside
+    next_seq: int
+    file_bytes: int
+
+
+class _Corrupt(Exception):
+    """The database file is not a database or is malformed."""
+
+
+class Spool:
+    """Fixes on disk from `put` until their PUBACK; in-flight marks live in memory only.
+
+    Rows go ready -> in flight (`take_*`) -> acknowledged (`ack`). Acknowledged rows are deleted
+    in batches (in the next `put`'s transaction, or every `ack_batch` acks or `ack_flush_s`
+    seconds), so a crash can resend a few acknowledged fixes but never loses an unacknowledged one.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_fixes: int = 500_000,
+        drop_policy: str = "oldest",
+        max_file_bytes: int | None = None,
+        ack_batch: int = 256,
+        ack_flush_s: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if drop_policy not in DROP_POLICIES:
+            raise SpoolError(f"drop policy {drop_policy!r} is not one of {DROP_POLICIES}")
+        if max_fixes < 1:
+            raise SpoolError(f"max_fixes {max_fixes} must be at least 1")
+        self.path = Path(path)
+        self.max_fixes = max_fixes
+        self.drop_policy = drop_policy
+        self.max_file_bytes = max_file_bytes
+        self.ack_batch = ack_batch
+        self.ack_flush_s = ack_flush_s
+        self._clock = clock or SystemClock()
+        self._sidecar = self.path.with_name(self.path.name + ".seq")
+        self._in_flight: set[int] = set()
+        self._acked: set[int] = set()  # acknowledged, delete pending
+        self._acked_since = 0.0
+        self._dropped: dict[str, int] = {}
+        self._dirty_drops = False
+        self._disk_full = False
+        self._count = 0  # rows in the table
+        self._db: sqlite3.Connection | None = None
+        self._prepare_dir()
+        side = self._read_sidecar()
+        self._reserved = side.get("reserved", 0)
+        self._recovered = side.get("recovered_corrupt", 0)
+        self.next_seq = 1
+        try:
+            fresh = self._open()
+        except _Corrupt as exc:
+            self._move_aside(str(exc))
+            fresh = self._open_or_fail()
+        except SpoolError:
+            if self._db is not None:
+                self._db.close()
+            raise
+        if fresh:  # nothing on disk says which seqs were used: trust the reservation
+            self.next_seq = max(self.next_seq, self._reserved)
+        self._reserve(self.next_seq)
+
+    # --- the contract ---------------------------------------------------------------------------
+
+    def put(self, fix: Fix, trigger: str = "") -> Record | None:
+        """Store a fix, committed and synced before returning; None when it was dropped."""
+        backlog = self._count - len(self._acked)
+        evict = 0
+        if backlog >= self.max_fixes:
+            if self.drop_policy == "newest":
+                self._drop("full_newest", 1)
+                self.flush()  # the count survives a restart
+                return None
+            evict = backlog - self.max_fixes + 1
+        record = Record(self.next_seq, fix, trigger)
+        self._reserve(record.seq + 1)
+        try:
+            self._insert(record, evict, "full_oldest")
+        except _Corrupt as exc:
+            self._move_aside(str(exc))
+            self._reopen_after_recovery()
+            try:
+                self._insert(record, 0, "full_oldest")
+            except (sqlite3.Error, _Corrupt) as again:
+                raise SpoolError(
+                    f"cannot write the fresh spool {self.path}: {again}; check the disk"
+                ) from again
+        except sqlite3.DatabaseError as exc:
+            if _kind(exc) != "full":
+                self.next_seq += 1  # the row may be on disk after all: never hand this seq out
+                raise self._error("write", exc) from exc
+            if not self._put_on_full_disk(record, evict):
+                return None
+        self.next_seq += 1
+        return record
+
+    def take_newest(self) -> Record | None:
+        """The newest ready record, now in flight; None when nothing is ready."""
+        got = self._select("DESC", 1)
+        return got[0] if got else None
+
+    def take_oldest(self, limit: int) -> list[Record]:
+        """Up to `limit` oldest ready records in ascending seq, now in flight."""
+        return self._select("ASC", limit) if limit > 0 else []
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """PUBACK received: the records leave the disk (deletes are batched)."""
+        for seq in seqs:
+            if seq in self._in_flight:
+                self._in_flight.discard(seq)
+            elif seq in self._acked or not self._exists(seq):
+                continue
+            if not self._acked:
+                self._acked_since = self._clock.monotonic()
+            self._acked.add(seq)
+        if len(self._acked) >= self.ack_batch or self._flush_due():
+            self.flush()
+
+    def release(self, seqs: Iterable[int]) -> None:
+        """Publish failed or link lost: the records are ready again."""
+        self._in_flight.difference_update(seqs)
+
+    def release_all(self) -> None:
+        """Every in-flight record is ready again (the connection was lost)."""
+        self._in_flight.clear()
+
+    def stats(self) -> SpoolStats:
+        """Counters for condition messages; cheap (no disk access but two stat calls)."""
+        size = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):
+                size += p.stat().st_size
+        return SpoolStats(
+            backlog=self._count - len(self._acked),
+            in_flight=len(self._in_flight),
+            dropped=dict(self._dropped),
+            recovered_corrupt=self._recovered,
+            next_seq=self.next_seq,
+            file_bytes=size,
+        )
+
+    def flush(self) -> None:
+        """Delete acknowledged rows now (the daemon may call this on its periodic tick)."""
+        if not self._acked and not self._dirty_drops:
+            return
+        done = set(self._acked)
+        try:
+            with self._txn() as db:
+                n = self._delete(db, done)
+                if self.next_seq - 1 in done:  # the table may lose its max seq: keep a floor
+                    _set_meta(db, {"seq_floor": self.next_seq})
+                if self._dirty_drops:
+                    _set_drops(db, self._dropped)
+        except _Corrupt as exc:
+            self._move_aside(str(exc))
+            self._reopen_after_recovery()
+            return
+        except sqlite3.OperationalError as exc:
+            if _kind(exc) == "full":
+                return  # the deletes and counts wait for the next transaction
+            raise self._error("write", exc) from exc
+        self._count -= n
+        self._acked -= done
+        self._dirty_drops = False
+        self._disk_full = self._disk_full and n == 0  # warn again when it fills up again
+
+    def close(self) -> None:
+        """Flush pending deletes and close the file; the spool is unusable afterwards."""
+        if self._db is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def _insert(self, record: Record, evict: int, reason: str) -> None:
+        done = set(self._acked)
+        gone: list[int] = []
+        dropped = dict(self._dropped)
+        with self._txn() as db:
+            n = self._delete(db, done)
+            if evict:
+                cur = db.execute("SELECT seq FROM fix ORDER BY seq LIMIT ?", (evict,))
+                gone = [r[0] for r in cur]
+                if gone:
+                    db.execute("DELETE FROM fix WHERE seq <= ?", (gone[-1],))
+                    dropped[reason] = dropped.get(reason, 0) + len(gone)
+            db.execute(f"INSERT INTO fix ({COLS}) VALUES ({MARKS})", _row(record))
+            if gone or self._dirty_drops:
+                _set_drops(db, dropped)
+        self._count += 1 - n - len(gone)
+        self._acked -= done
+        self._in_flight.difference_update(gone)
+        self._dropped = dropped
+        self._dirty_drops = False
+
+    def _put_on_full_disk(self, record: Record, evict: int) -> bool:
+        """Disk full: drop by the policy and report; never raise. True when the fix was stored."""
+        if not self._disk_full:
+            log.warning("spool %s: disk full, dropping %s fixes", self.path, self.drop_policy)
+            self._disk_full = True
+        n = max(evict, EVICT_ON_DISK_FULL)
+        while self.drop_policy == "oldest" and self._count > 0:
+            # freeing a whole page takes a page's worth of rows: double until the insert fits
+            try:
+                self._insert(record, min(n, self._count), "disk_full")
+                return True
+            except _Corrupt as exc:
+                self._move_aside(str(exc))
+                self._reopen_after_recovery()
+                break
+            except sqlite3.OperationalError as exc:
+                if _kind(exc) != "full" or n >= self._count:
+                    break
+            n *= 2
+        self._drop("disk_full", 1)
+        return False
+
+    def _delete(self, db: sqlite3.Connection, seqs: set[int]) -> int:
+        if not seqs:
+            return 0
+        ordered = sorted(seqs)
+        n = 0
+        for i in range(0, len(ordered), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ordered[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            n += db.execute(f"DELETE FROM fix WHERE seq IN ({marks})", chunk).rowcount
+        return n
+
+    def _drop(self, reason: str, n: int) -> None:
+        if n:
+            self._dropped[reason] = self._dropped.get(reason, 0) + n
+            self._dirty_drops = True
+
+    def _flush_due(self) -> bool:
+        return bool(self._acked) and (
+            self._clock.monotonic() - self._acked_since >= self.ack_flush_s
+        )
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def _select(self, order: str, limit: int) -> list[Record]:
+        skip = self._in_flight | self._acked
+        try:
+            sql = f"SELECT {COLS} FROM fix ORDER BY seq {order} LIMIT ?"
+            rows = self._conn().execute(sql, (limit + len(skip),)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if _kind(exc) != "corrupt":
+                raise self._error("read", exc) from exc
+            self._move_aside(str(exc))
+            self._reopen_after_recovery()
+            return []
+        out = [_record(r) for r in rows if r[0] not in skip][:limit]
+        self._in_flight.update(r.seq for r in out)
+        return out
+
+    def _exists(self, seq: int) -> bool:
+        try:
+            return bool(self._conn().execute("SELECT 1 FROM fix WHERE seq = ?", (seq,)).fetchone())
+        except sqlite3.DatabaseError:
+            return False
+
+    # --- opening, recovery, sequence reservation ------------------------------------------------
+
+    def _prepare_dir(self) -> None:
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            probe = parent / f".{self.path.name}.probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot write the spool directory {parent}: {exc.strerror or exc}; make it"
+                " writable by the tracker's user or set [spool] path to a writable place"
+            ) from exc
+
+    def _open(self) -> bool:
+        """Open (or create) the file; True when it was created empty. Raises _Corrupt."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._error("open", exc) from exc
+        self._db = db
+        try:
+            fresh = not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+            if fresh:
+                db.execute("PRAGMA page_size = 1024")  # a WAL frame per put: 1 KB, not 4 KB
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA secure_delete = OFF")
+            db.execute("PRAGMA journal_size_limit = 4194304")
+            if self.max_file_bytes:
+                page = db.execute("PRAGMA page_size").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count = {max(2, self.max_file_bytes // page)}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {self.path} was written by a newer tracker (schema {version});"
+                    " upgrade the tracker or move the file away"
+                )
+            if not fresh and db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise _Corrupt("quick_check failed")
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._count = db.execute("SELECT count(*) FROM fix").fetchone()[0]
+            top = db.execute("SELECT max(seq) FROM fix").fetchone()[0] or 0
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            if _kind(exc) == "corrupt":
+                raise _Corrupt(str(exc)) from exc
+            raise self._error("open", exc) from exc
+        if fresh:
+            _fsync_dir(self.path.parent)
+        self.next_seq = max(self.next_seq, top + 1, meta.get("seq_floor", 1))
+        self._dropped = {k[5:]: v for k, v in meta.items() if k.startswith("drop:")}
+        return fresh
+
+    def _open_or_fail(self) -> bool:
+        try:
+            return self._open()
+        except _Corrupt as exc:  # a fresh file that is corrupt: stop rather than loop
+            raise SpoolError(
+                f"spool {self.path} is corrupt again after a fresh start: {exc}; check the disk"
+            ) from exc
+
+    def _reopen_after_recovery(self) -> None:
+        seq = self.next_seq
+        dropped = self._dropped
+        self._open_or_fail()
+        self.next_seq = max(seq, self.next_seq)
+        self._dropped = {**dropped, **self._dropped}
+        self._dirty_drops = bool(self._dropped)
+
+    def _move_aside(self, why: str) -> None:
+        """Move a corrupt file (and its WAL) to PATH.corrupt-<n> and count it."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        n = 1
+        while self.path.with_name(f"{self.path.name}.corrupt-{n}").exists():
+            n += 1
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{n}")
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-journal"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    os.replace(side, aside.with_name(aside.name + suffix))
+            self.path.with_name(self.path.name + "-shm").unlink(missing_ok=True)
+        except OSError as exc:
+            raise SpoolError(
+                f"spool {self.path} is corrupt ({why}) and cannot be moved aside:"
+                f" {exc.strerror or exc}; remove it by hand"
+            ) from exc
+        self._recovered += 1
+        self._in_flight.clear()
+        self._acked.clear()
+        self._count = 0
+        log.error(
+            "spool %s is corrupt (%s): moved to %s, starting a fresh one", self.path, why, aside
+        )
+        self._write_sidecar()
+
+    def _read_sidecar(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._sidecar.read_text())
+            return {k: int(v) for k, v in data.items() if isinstance(v, int)}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _reserve(self, seq: int) -> None:
+        """Make sure the sidecar promises no seq below `seq` will be handed out again."""
+        if seq > self._reserved:
+            old = self._reserved
+            self._reserved = seq + SEQ_BLOCK
+            if not self._write_sidecar():
+                self._reserved = old
+
+    def _write_sidecar(self) -> bool:
+        tmp = self._sidecar.with_name(self._sidecar.name + ".tmp")
+        data = {"reserved": self._reserved, "recovered_corrupt": self._recovered}
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._sidecar)
+            _fsync_dir(self.path.parent)
+            return True
+        except OSError as exc:
+            log.warning("spool %s: cannot write %s: %s", self.path, self._sidecar, exc)
+            return False
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError(f"spool {self.path} is closed")
+        return self._db
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; corrupt files raise _Corrupt."""
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError) and _kind(exc) == "corrupt":
+                raise _Corrupt(str(exc)) from exc
+            raise
+
+    def _error(self, what: str, exc: sqlite3.Error) -> SpoolError:
+        return SpoolError(
+            f"cannot {what} the spool {self.path}: {exc}; check the disk and"
+            " that the tracker's user may write there"
+        )
+
+
+def _kind(exc: sqlite3.Error) -> str:
+    """'full', 'corrupt' or 'other', from the SQLite result code (or the message on 3.10)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        primary = code & 0xFF
+        return {13: "full", 11: "corrupt", 26: "corrupt"}.get(primary, "other")
+    msg = str(exc)
+    if "is full" in msg:
+        return "full"
+    if "malformed" in msg or "not a database" in msg:
+        return "corrupt"
+    return "other"
+
+
+def _set_meta(db: sqlite3.Connection, values: dict[str, int]) -> None:
+    db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items())
+
+
+def _set_drops(db: sqlite3.Connection, dropped: dict[str, int]) -> None:
+    _set_meta(db, {"drop:" + k: v for k, v in dropped.items()})
+
+
+def _row(rec: Record) -> tuple[Any, ...]:
+    values = (getattr(rec.fix, name) for name in FIX_FIELDS)
+    return (rec.seq, (rec.fix.time - EPOCH) // US, *values, rec.trigger)
+
+
+def _record(r: tuple[Any, ...]) -> Record:
+    seq, t_us, lat, lon, alt, speed, course, mode, sats, hdop, trigger = r
+    fix = Fix(EPOCH + US * t_us, lat, lon, alt, speed, course, mode, sats, hdop)
+    return Record(seq, fix, trigger)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
