@@ -107,3 +107,24 @@ def test_topic_prefix_cannot_hold_wildcards(tmp_path: Path, prefix: str) -> None
     text = MINIMAL.replace("[aws]", f'[aws]\ntopic_prefix = "{prefix}"')
     with pytest.raises(ConfigError, match="topic_prefix"):
         config.load(write(tmp_path, text), environ={})
+
+
+def test_readme_reference_matches_the_config() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    marker = "<!-- config-reference -->"
+    assert marker in readme
+    body = readme.split(marker, 1)[1].lstrip("\n")
+    expected = config.reference_markdown()
+    assert body[: len(expected)] == expected, (
+        "README's configuration reference is out of date: paste config.reference_markdown()"
+    )
+
+
+def test_every_key_has_a_doc_and_numbers_have_bounds() -> None:
+    import dataclasses
+
+    for name, cls in config.SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            assert f.metadata["doc"], f"[{name}] {f.name} has no doc"
+            if type(f.default) in (int, float):
+                assert f.metadata["lo"] is not None and f.metadata["hi"] is not None, f.name

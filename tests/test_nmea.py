@@ -11,14 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.nmea import (
-    MAX_PENDING,
-    USED_TYPES,
-    LineFramer,
-    _xor,
-    count_valid_sentences,
-    parse_sentence,
-)
+from tracker.nmea import MAX_PENDING, LineFramer, _xor, count_valid_sentences
+from tracker.sentences import USED_TYPES, parse_sentence
 
 CORPUS = Path(__file__).parent / "data" / "nmea"
 RMC = "GPRMC,081836,A,3751.65,S,14507.36,E,000.0,360.0,130998,011.3,E"

@@ -306,6 +306,11 @@ class App:
         if force or changed_state or (text != last_text and real_now - last_at >= 2.0):
             self.notifier.status(text)
             self._status_sent = (text, real_now)
+            self.timers.pop("status", None)
+        elif text != last_text and "status" not in self.timers:
+            # held back by the rate limit: make sure it goes out even if nothing else happens
+            wait = (2.0 - (real_now - last_at)) * self.cfg.debug.clock_speed
+            self.timers["status"] = self.clock.monotonic() + max(wait, 0.0)
 
     def run(self) -> None:
         """The blocking loop, until SIGTERM/SIGINT."""
@@ -488,6 +493,10 @@ class App:
             self.device.on_battery(b.percent, b.charging)
             if b.external_power is not None and b.external_power != was_external:
                 self.device.on_external_power(b.external_power)
+
+    def _timer_status(self, now: float) -> None:
+        self.timers.pop("status", None)
+        self.publish_status(force=True)
 
     def _timer_watchdog(self, now: float) -> None:
         assert self.notifier.watchdog_interval is not None

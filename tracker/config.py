@@ -383,3 +383,33 @@ def load(
         raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
     doc = merge(doc, env_overrides(environ), overrides or {})
     return from_dict(doc)
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference, generated from the field metadata above."""
+    lines = []
+    for name, cls in SECTION_TYPES.items():
+        lines += [f"**[{name}]**", "", "| key | default | allowed | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            default = "required" if f.default is REQUIRED else f"`{_toml(f.default)}`"
+            if m["choices"]:
+                allowed = ", ".join(f"`{c}`" for c in m["choices"])
+            elif m["lo"] is not None:
+                allowed = f"{_toml(m['lo'])} to {_toml(m['hi'])} {m['unit']}".rstrip()
+            else:
+                allowed = ""
+            remote = " (remote)" if m["remote"] else ""
+            lines.append(f"| `{f.name}` | {default} | {allowed} | {m['doc']}{remote} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 from tracker.fix import Fix
-from tracker.nmea import TIMED_TYPES, USED_TYPES, LineFramer, Sentence, parse_sentence
+from tracker.nmea import LineFramer
+from tracker.sentences import TIMED_TYPES, USED_TYPES, Sentence, parse_sentence
 
 ROLLOVER = timedelta(weeks=1024)
 DEFAULT_DATE_FLOOR = date(2026, 11, 1)  # bump at each release: no fix can be older than this

@@ -6,7 +6,6 @@ The only module that imports sqlite3; must not import awsiot, awscrt or serial.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -19,11 +18,11 @@ from typing import Any
 from tracker.clock import Clock, SystemClock
 from tracker.errors import SpoolError
 from tracker.fix import Fix, Record
+from tracker.spool_files import SeqSidecar, fsync_dir, move_aside, prepare_dir
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-SEQ_BLOCK = 1000  # seqs reserved ahead in the sidecar file: one small atomic write per block
 EVICT_ON_DISK_FULL = 16  # oldest rows dropped first when the disk is full (doubled until it fits)
 DROP_POLICIES = ("oldest", "newest")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -86,8 +85,10 @@ class Spool:
         self.ack_batch = ack_batch
         self.ack_flush_s = ack_flush_s
         self._clock = clock or SystemClock()
-        self._sidecar = self.path.with_name(self.path.name + ".seq")
         self._in_flight: set[int] = set()
+        # Every row with seq <= _taken_to is in flight or acknowledged, so `take_oldest` starts
+        # its scan above it instead of stepping over a window of in-flight rows on every call.
+        self._taken_to = 0
         self._acked: set[int] = set()  # acknowledged, delete pending
         self._acked_since = 0.0
         self._dropped: dict[str, int] = {}
@@ -95,10 +96,8 @@ class Spool:
         self._disk_full = False
         self._count = 0  # rows in the table
         self._db: sqlite3.Connection | None = None
-        self._prepare_dir()
-        side = self._read_sidecar()
-        self._reserved = side.get("reserved", 0)
-        self._recovered = side.get("recovered_corrupt", 0)
+        prepare_dir(self.path)
+        self._sidecar = SeqSidecar(self.path)
         self.next_seq = 1
         try:
             fresh = self._open()
@@ -110,8 +109,8 @@ class Spool:
                 self._db.close()
             raise
         if fresh:  # nothing on disk says which seqs were used: trust the reservation
-            self.next_seq = max(self.next_seq, self._reserved)
-        self._reserve(self.next_seq)
+            self.next_seq = max(self.next_seq, self._sidecar.reserved)
+        self._sidecar.reserve(self.next_seq)
 
     # --- the contract ---------------------------------------------------------------------------
 
@@ -126,7 +125,7 @@ class Spool:
                 return None
             evict = backlog - self.max_fixes + 1
         record = Record(self.next_seq, fix, trigger)
-        self._reserve(record.seq + 1)
+        self._sidecar.reserve(record.seq + 1)
         try:
             self._insert(record, evict, "full_oldest")
         except _Corrupt as exc:
@@ -154,7 +153,12 @@ class Spool:
 
     def take_oldest(self, limit: int) -> list[Record]:
         """Up to `limit` oldest ready records in ascending seq, now in flight."""
-        return self._select("ASC", limit) if limit > 0 else []
+        if limit <= 0:
+            return []
+        out = self._select("ASC", limit, self._taken_to)
+        if out:
+            self._taken_to = out[-1].seq
+        return out
 
     def ack(self, seqs: Iterable[int]) -> None:
         """PUBACK received: the records leave the disk (deletes are batched)."""
@@ -171,10 +175,15 @@ class Spool:
 
     def release(self, seqs: Iterable[int]) -> None:
         """Publish failed or link lost: the records are ready again."""
-        self._in_flight.difference_update(seqs)
+        back = self._in_flight.intersection(seqs)
+        if back:
+            self._in_flight -= back
+            self._taken_to = min(self._taken_to, min(back) - 1)  # served again, oldest first
 
     def release_all(self) -> None:
         """Every in-flight record is ready again (the connection was lost)."""
+        if self._in_flight:
+            self._taken_to = min(self._taken_to, min(self._in_flight) - 1)
         self._in_flight.clear()
 
     def stats(self) -> SpoolStats:
@@ -187,7 +196,7 @@ class Spool:
             backlog=self._count - len(self._acked),
             in_flight=len(self._in_flight),
             dropped=dict(self._dropped),
-            recovered_corrupt=self._recovered,
+            recovered_corrupt=self._sidecar.recovered,
             next_seq=self.next_seq,
             file_bytes=size,
         )
@@ -301,18 +310,27 @@ class Spool:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def _select(self, order: str, limit: int) -> list[Record]:
-        skip = self._in_flight | self._acked
+    def _select(self, order: str, limit: int, after: int = 0) -> list[Record]:
+        """Up to `limit` ready records with seq above `after`, in `order`; now in flight."""
+        busy, acked = self._in_flight, self._acked
+        out: list[Record] = []
         try:
-            sql = f"SELECT {COLS} FROM fix ORDER BY seq {order} LIMIT ?"
-            rows = self._conn().execute(sql, (limit + len(skip),)).fetchall()
+            sql = f"SELECT {COLS} FROM fix WHERE seq > ? ORDER BY seq {order}"
+            cur = self._conn().execute(sql, (after,))
+            try:
+                while len(out) < limit:  # rows are read only as far as needed
+                    rows = cur.fetchmany(limit - len(out))
+                    if not rows:
+                        break
+                    out += [_record(r) for r in rows if r[0] not in busy and r[0] not in acked]
+            finally:
+                cur.close()
         except sqlite3.DatabaseError as exc:
             if _kind(exc) != "corrupt":
                 raise self._error("read", exc) from exc
             self._move_aside(str(exc))
             self._reopen_after_recovery()
             return []
-        out = [_record(r) for r in rows if r[0] not in skip][:limit]
         self._in_flight.update(r.seq for r in out)
         return out
 
@@ -322,20 +340,7 @@ class Spool:
         except sqlite3.DatabaseError:
             return False
 
-    # --- opening, recovery, sequence reservation ------------------------------------------------
-
-    def _prepare_dir(self) -> None:
-        parent = self.path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            probe = parent / f".{self.path.name}.probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise SpoolError(
-                f"cannot write the spool directory {parent}: {exc.strerror or exc}; make it"
-                " writable by the tracker's user or set [spool] path to a writable place"
-            ) from exc
+    # --- opening and recovery -------------------------------------------------------------------
 
     def _open(self) -> bool:
         """Open (or create) the file; True when it was created empty. Raises _Corrupt."""
@@ -373,7 +378,7 @@ class Spool:
                 raise _Corrupt(str(exc)) from exc
             raise self._error("open", exc) from exc
         if fresh:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.next_seq = max(self.next_seq, top + 1, meta.get("seq_floor", 1))
         self._dropped = {k[5:]: v for k, v in meta.items() if k.startswith("drop:")}
         return fresh
@@ -400,60 +405,22 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
-        n = 1
-        while self.path.with_name(f"{self.path.name}.corrupt-{n}").exists():
-            n += 1
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{n}")
         try:
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-journal"):
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    os.replace(side, aside.with_name(aside.name + suffix))
-            self.path.with_name(self.path.name + "-shm").unlink(missing_ok=True)
+            aside = move_aside(self.path)
         except OSError as exc:
             raise SpoolError(
                 f"spool {self.path} is corrupt ({why}) and cannot be moved aside:"
                 f" {exc.strerror or exc}; remove it by hand"
             ) from exc
-        self._recovered += 1
+        self._sidecar.recovered += 1
         self._in_flight.clear()
         self._acked.clear()
+        self._taken_to = 0
         self._count = 0
         log.error(
             "spool %s is corrupt (%s): moved to %s, starting a fresh one", self.path, why, aside
         )
-        self._write_sidecar()
-
-    def _read_sidecar(self) -> dict[str, int]:
-        try:
-            data = json.loads(self._sidecar.read_text())
-            return {k: int(v) for k, v in data.items() if isinstance(v, int)}
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _reserve(self, seq: int) -> None:
-        """Make sure the sidecar promises no seq below `seq` will be handed out again."""
-        if seq > self._reserved:
-            old = self._reserved
-            self._reserved = seq + SEQ_BLOCK
-            if not self._write_sidecar():
-                self._reserved = old
-
-    def _write_sidecar(self) -> bool:
-        tmp = self._sidecar.with_name(self._sidecar.name + ".tmp")
-        data = {"reserved": self._reserved, "recovered_corrupt": self._recovered}
-        try:
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._sidecar)
-            _fsync_dir(self.path.parent)
-            return True
-        except OSError as exc:
-            log.warning("spool %s: cannot write %s: %s", self.path, self._sidecar, exc)
-            return False
+        self._sidecar.write()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -514,11 +481,3 @@ def _record(r: tuple[Any, ...]) -> Record:
     seq, t_us, lat, lon, alt, speed, course, mode, sats, hdop, trigger = r
     fix = Fix(EPOCH + US * t_us, lat, lon, alt, speed, course, mode, sats, hdop)
     return Record(seq, fix, trigger)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -88,3 +88,5 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # one line per state change is the app's job; the library's own chatter stays out
+    logging.getLogger("transitions").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,559 @@
+"""The bench: a recorded drive replayed through the real daemon into a local Mosquitto, with faults.
+
+Owns the orchestration only (PKI, broker, collector, pty GPS, daemon child, faults, status line);
+the report is `tracker.report`. Imports the tracker's public API and tests/support, never the
+daemon's internals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [p for p in (str(REPO), str(REPO / "tests")) if p not in sys.path]
+
+from hw.protocol_replay import line_time, pacing, recorded_gap, split_recording  # noqa: E402
+from tracker import report  # noqa: E402
+from tracker.fix import Fix  # noqa: E402
+
+DEFAULT_RECORDING = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
+THING = "bench-tracker-1"
+RESTART_AFTER_S = 0.5  # real seconds between a kill and the restart
+READY_TIMEOUT_S = 30.0
+MOSQUITTO = "/usr/sbin/mosquitto"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
+_UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+DEFAULT_OUTAGE = "15m@40m"
+DEFAULT_KILLS = 2
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `1.5m`, `2h` -> seconds."""
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 60s, 2m or 1h")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outage:
+    """The broker is down from recording second `at` for `length` recording seconds."""
+
+    at: float
+    length: float
+
+
+def parse_outage(text: str) -> Outage:
+    """`60s@120s`: a 60-second outage starting at recording second 120."""
+    length, sep, at = text.partition("@")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LENGTH@START, e.g. 60s@120s")
+    out = Outage(at=parse_duration(at), length=parse_duration(length))
+    if out.length <= 0:
+        raise argparse.ArgumentTypeError(f"outage {text!r} must last more than 0 s")
+    return out
+
+
+OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("recording",), {"nargs": "?", "default": str(DEFAULT_RECORDING),
+                      "help": "NMEA recording (default: the bundled 2.5-hour drive)"}),
+    (("--speed",), {"type": float, "default": 75.0,
+                    "help": "replay this many times faster than recorded, 1-1000 (default 75)"}),
+    (("--duration",), {"type": parse_duration,
+                       "help": "choose the speed so the replay takes about this long (90s)"}),
+    (("--outage",), {"type": parse_outage, "action": "append", "default": [],
+                     "metavar": "LEN@AT",
+                     "help": "stop the broker when the recording reaches AT, for LEN of "
+                             "recording time (60s@120s); repeatable"}),
+    (("--kill",), {"type": int, "default": 0, "metavar": "N",
+                   "help": "SIGKILL the tracker N times, spread out, and restart it"}),
+    (("--no-faults",), {"action": "store_true",
+                        "help": "no outage and no kill (the default run has "
+                                f"--outage {DEFAULT_OUTAGE} --kill {DEFAULT_KILLS})"}),
+    (("--out",), {"type": Path, "help": "output folder (default bench-out/<timestamp>)"}),
+    (("--drain-timeout",), {"type": parse_duration, "default": 30.0, "metavar": "T",
+                            "help": "wait at most this long for the backlog to drain (30s)"}),
+    (("--log-level",), {"default": "info", "choices": ("debug", "info", "warning", "error"),
+                        "help": "the tracker's log level (its log: OUT/tracker.log)"}),
+    (("--keep",), {"action": "store_true",
+                   "help": "keep the working folder (certificates, spool, broker files)"}),
+]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Replay a recorded drive through the real tracker daemon into a local "
+        "Mosquitto with mutual TLS, inject faults, and report what the cloud side received.",
+    )
+    for flags, kw in OPTIONS:
+        p.add_argument(*flags, **kw)
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Each line of a recording: its UTC time of day, its recording second (from the first timed
+    line), where it ends in the byte stream, and when FakeGps.play sends it."""
+
+    tod: list[float | None]
+    rec: list[float]
+    ends: list[int]
+    play: list[float]
+
+    @property
+    def length(self) -> float:
+        return self.rec[-1] if self.rec else 0.0
+
+    def rec_at_byte(self, written: int) -> float:
+        """Recording second reached once `written` bytes of the recording are sent."""
+        i = bisect.bisect_right(self.ends, written)
+        return self.rec[i - 1] if i else 0.0
+
+    def origin(self, fix: Fix) -> float | None:
+        """GPS time (POSIX) of recording second 0, from a fix whose time of day is recorded."""
+        t = fix.time
+        tod = t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+        return next(
+            (
+                t.timestamp() - r
+                for d, r in zip(self.tod, self.rec, strict=True)
+                if d is not None and abs(d - tod) < 1e-3
+            ),
+            None,
+        )
+
+
+def schedule(data: bytes, speed: float) -> Schedule:
+    """The recording's schedule at `speed` (recorded gaps capped as FakeGps.play caps them)."""
+    lines = split_recording(data)
+    times = [line_time(line) for line in lines]
+    rec: list[float] = []
+    now, last = 0.0, None
+    for t in times:
+        if t is not None:
+            if last is not None:
+                now += recorded_gap(last, t)
+            last = t
+        rec.append(now)
+    return Schedule(
+        times, rec, list(itertools.accumulate(len(x) for x in lines)), pacing(times, speed=speed)
+    )
+
+
+def kill_moments(n: int, rec: Sequence[float], outages: Sequence[Outage]) -> list[float]:
+    """N recording seconds spread evenly over the recorded lines (so never inside a gap in the
+    recording), each moved past any outage it falls in."""
+    out = []
+    for k in range(1, n + 1):
+        i = len(rec) * k // (n + 1)
+        for o in outages:
+            if o.at <= rec[i] <= o.at + o.length:
+                i = min(
+                    bisect.bisect_right(rec, o.at + o.length) + len(rec) // (10 * n + 10),
+                    len(rec) - 1,
+                )
+        out.append(rec[i])
+    return out
+
+
+def bench_config(work: Path, gps_path: str, port: int, pki: Any, speed: float, level: str) -> str:
+    """The daemon's TOML config for this run (JSON strings and numbers are valid TOML)."""
+    sections: dict[str, dict[str, Any]] = {
+        "device": {"thing_name": THING},
+        "aws": {"endpoint": "localhost", "port": port, "cert": str(pki.client.cert),
+                "key": str(pki.client.key), "ca": str(pki.ca), "keepalive_s": 30},
+        "gps": {"url": gps_path, "detect_baud": False},
+        "spool": {"path": str(work / "spool.db")},
+        "power": {"gps": "sim://"},
+        "sensors": {"battery": "sim://?percent=80"},
+        "log": {"level": level},
+        "debug": {"clock_speed": min(max(speed, 1.0), 1000.0)},
+    }  # fmt: skip
+    return "# written by scripts/bench for one run\n" + "".join(
+        f"\n[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+        for name, keys in sections.items()
+    )
+
+
+class Daemon:
+    """`tracker run` as a child process, with $NOTIFY_SOCKET as systemd would set it."""
+
+    def __init__(self, config: Path, notify: Path, log: Path) -> None:
+        self.cmd = [sys.executable, "-m", "tracker", "run", "--config", str(config)]
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        self.env = dict(os.environ, NOTIFY_SOCKET=str(notify), PYTHONPATH=path)
+        self.env.pop("JOURNAL_STREAM", None)  # plain log lines, not journald's
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as fh:  # its own session: a Ctrl-C reaches the bench only
+            self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=fh, stderr=fh, start_new_session=True)  # fmt: skip
+        self.starts += 1
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal it and wait (SIGTERM: it closes its spool); SIGKILL if it does not stop."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+class StatusLine:
+    """One `\\r`-rewritten line on a terminal; event lines above it; quiet when not a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if not self.tty:
+            return
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        self.stream.write("\r" + text[:width].ljust(width))
+        self.stream.flush()
+        self.shown = True
+
+    def event(self, text: str) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * (shutil.get_terminal_size((80, 24)).columns - 1) + "\r")
+            self.shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def read_status(sock: socket.socket, now: float) -> list[report.Status]:
+    """Every STATUS= datagram waiting on the notify socket."""
+    out: list[report.Status] = []
+    while True:
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return out
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("STATUS="):
+                s = report.parse_status(line[7:], now)
+                if s is not None:
+                    out.append(s)
+
+
+class Bench:
+    """One run: the parts it started, what it saw, the faults it injected."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, out: Path, ui: StatusLine) -> None:
+        self.args, self.work, self.out, self.ui = args, work, out, ui
+        self.data = Path(args.recording).read_bytes()
+        self.speed = float(args.speed)
+        if args.duration:
+            self.speed = min(max(schedule(self.data, 1.0).length / args.duration, 1.0), 1000.0)
+        self.sched = schedule(self.data, self.speed)
+        self.kills = kill_moments(args.kill, self.sched.rec, args.outage)
+        # (recording second, action, outage length); an outage ends once the recording is past
+        # its end and it lasted its length in real time (recorded gaps play in 2 s at most)
+        self.plan = sorted(
+            [(o.at, "outage", o.length) for o in args.outage]
+            + [(k, "kill", 0.0) for k in self.kills]
+        )
+        self.restore: tuple[float, float] | None = None  # (recording second, bench second)
+        self.outage: dict[str, Any] = {}  # the outage going on, as summary.json shows it
+        self.injected: list[dict[str, Any]] = []  # what happened, at which recording second
+        self.statuses: list[report.Status] = []
+        self.messages: list[report.Message] = []
+        self.faults: list[report.Fault] = []
+        self.problems: list[str] = []
+        self.samples: list[tuple[float, float]] = []  # (bench second, recording second played)
+        self.outage_since: float | None = None
+        self.restart_at: float | None = None
+        self.t0 = time.monotonic()
+        self.played = 0.0  # bench second when the pty had sent the whole recording
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def collect(self, sock: socket.socket, collector: Any) -> None:
+        """STATUS lines from the notify socket, messages from the collector, stamped now."""
+        now = self.now()
+        self.statuses += read_status(sock, now)
+        n, have = collector.count(), len(self.messages)
+        self.messages += [
+            report.Message(now, t, bytes(p))
+            for t, p in zip(collector.topics[have:n], collector.payloads[have:n], strict=True)
+        ]
+
+    def position(self, gps: Any) -> float:
+        """The recording second the pty has sent so far."""
+        rec = self.sched.rec_at_byte(gps.written)
+        if not self.samples or rec > self.samples[-1][1]:
+            self.samples.append((self.now(), rec))
+        return rec
+
+    def inject(self, rec: float, broker: Any, daemon: Daemon, *, finish: bool = False) -> None:
+        """Run the faults due at recording second `rec` (all that are left when `finish`)."""
+        now = self.now()
+        if self.restore is not None and (
+            finish or (rec >= self.restore[0] and now >= self.restore[1])
+        ):
+            broker.start()
+            assert self.outage_since is not None
+            self.faults.append(report.Fault("outage", self.outage_since, now))
+            self.outage["until_s"] = rec
+            self.outage_since = self.restore = None
+            self.ui.event(f"  {rec:6.0f} s  broker started again")
+        while not finish and self.plan and self.plan[0][0] <= rec:
+            at, action, length = self.plan.pop(0)
+            if action == "outage" and self.outage_since is None:
+                broker.stop()
+                self.outage_since = now
+                self.restore = (at + length, now + length / self.speed)
+                self.outage = {"kind": "outage", "at_s": rec, "until_s": None}
+                self.injected.append(self.outage)
+                self.ui.event(f"  {rec:6.0f} s  broker stopped")
+            elif action == "kill" and self.restart_at is None:
+                daemon.kill()
+                self.faults.append(report.Fault("kill", now, now))
+                self.restart_at = now + RESTART_AFTER_S
+                self.injected.append({"kind": "kill", "at_s": rec})
+                self.ui.event(f"  {rec:6.0f} s  tracker killed (SIGKILL), restarting")
+        if self.restart_at is not None and (finish or now >= self.restart_at):
+            daemon.start()
+            self.restart_at = None
+
+    def show(self, rec: float) -> None:
+        if self.statuses:
+            s = self.statuses[-1]
+            self.ui.show(
+                f"{self.now():4.0f}s  rec {rec:5.0f}/{self.sched.length:.0f}s  "
+                f"{s.state:<13} fixes {s.fixes}  reports {s.reports}  "
+                f"backlog {s.backlog}  link {s.link}  received {len(self.messages)}"
+                + ("  [broker down]" if self.outage_since is not None else "")
+            )
+
+    def run(self) -> int:
+        from support.broker import Broker
+        from support.pki import Pki
+        from support.subscriber import Subscriber
+
+        from hw.pty import FakeGps
+        from tracker.spool import Spool
+
+        sched, work, out = self.sched, self.work, self.out
+        self.ui.event(
+            f"bench: {Path(self.args.recording).name}: {sched.length:.0f} s of "
+            f"recording at {self.speed:g}x (~{sched.play[-1]:.0f} s); output in {out}"
+        )
+        pki = Pki(work / "pki", thing_name=THING)
+        broker = Broker(pki, work / "broker", persistence=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(work / "notify.sock"))
+        sock.setblocking(False)
+        gps = FakeGps(work)
+        config = out / "tracker.toml"
+        config.write_text(
+            bench_config(work, gps.path, broker.port, pki, self.speed, self.args.log_level)
+        )
+        daemon = Daemon(config, work / "notify.sock", out / "tracker.log")
+        collector: Any = None
+        try:
+            broker.start()
+            collector = Subscriber(broker, f"dt/tracker/{THING}/+").start()
+            daemon.start()
+            while not self.statuses and daemon.exited() is None:
+                self.collect(sock, collector)
+                if self.now() > READY_TIMEOUT_S:
+                    raise RuntimeError(f"the tracker did not start in {READY_TIMEOUT_S:.0f} s")
+                time.sleep(0.05)
+            if daemon.exited() is not None:
+                raise RuntimeError(f"the tracker exited at start with status {daemon.exited()}")
+            gps.play(self.data, speed=self.speed)
+            self.t0 = time.monotonic()
+            self.statuses = [dataclasses.replace(s, at=0.0) for s in self.statuses]
+            self.replay(sock, collector, gps, broker, daemon)
+            self.played = self.now()
+            while self.restore is not None and self.now() < self.restore[1]:
+                time.sleep(0.05)  # let an outage at the very end last its time
+            self.inject(sched.length, broker, daemon, finish=True)
+            self.drain(sock, collector)
+            rc = daemon.stop()
+            if rc not in (0, None):
+                self.problems.append(f"the tracker stopped with status {rc}")
+            collector.wait_until(lambda: collector.count() > len(self.messages), 1.0)
+            self.collect(sock, collector)
+        finally:
+            daemon.kill()
+            if collector is not None:
+                collector.stop()
+            broker.close()
+            gps.close()
+            sock.close()
+        with Spool(work / "spool.db") as spool:
+            self.stats = spool.stats()
+        if self.stats.backlog:
+            self.problems.append(
+                f"{self.stats.backlog} fixes still in the spool: the backlog "
+                f"did not drain in {self.args.drain_timeout:g} s"
+            )
+        return self.report(daemon.starts - 1)
+
+    def replay(
+        self, sock: socket.socket, collector: Any, gps: Any, broker: Any, daemon: Daemon
+    ) -> None:
+        """Until the pty has sent the whole recording: collect, inject faults, show status."""
+        while not gps.wait_played(0):
+            self.collect(sock, collector)
+            rec = self.position(gps)
+            self.inject(rec, broker, daemon)
+            if self.restart_at is None and (rc := daemon.exited()) is not None:
+                raise RuntimeError(f"the tracker exited by itself with status {rc}")
+            self.show(rec)
+            time.sleep(0.05)
+        self.position(gps)
+
+    def drain(self, sock: socket.socket, collector: Any) -> None:
+        """Wait (bounded) until the daemon says its backlog is empty and the link up; a daemon
+        that went quiet while nothing arrives for 2 s counts as drained (the spool says)."""
+        deadline = self.now() + self.args.drain_timeout
+        quiet_since, seen = self.now(), len(self.messages)
+        while self.now() < deadline:
+            self.collect(sock, collector)
+            now = self.now()
+            if len(self.messages) != seen:
+                quiet_since, seen = now, len(self.messages)
+            last = self.statuses[-1]
+            if last.link == "up" and (
+                (last.at >= self.played and last.backlog == 0)
+                or (now - last.at > 3.0 and now - quiet_since > 2.0)
+            ):
+                return
+            self.show(self.sched.length)
+            time.sleep(0.05)
+
+    def report(self, restarts: int) -> int:
+        extra = {
+            "recording": str(self.args.recording),
+            "speed": round(self.speed, 2),
+            "recording_s": round(self.sched.length, 1),
+            "run_s": round(self.now(), 1),
+            "faults": self.injected,
+            "restarts": restarts,
+            "backlog_left": self.stats.backlog,
+            "spool_dropped": self.stats.dropped,
+            "problems": self.problems,
+        }
+        located = report.decode_messages(self.messages, f"dt/tracker/{THING}/location")
+        first = located.points[0].fix if located.points else None
+        origin = self.sched.origin(first) if first else None
+        # bench seconds -> GPS time, from how far the pty had got; else from STATUS lines
+        base = [(at, origin + rec) for at, rec in self.samples] if origin is not None else None
+        statuses = report.fill_times(self.statuses, base) if base else self.statuses
+        during = report.clip(statuses, self.played)  # the replay itself, not the drain
+        summary = report.summarize(
+            located,
+            during,
+            first_seq=1,
+            fixes_recorded=self.stats.next_seq - 1,
+            conditions=sum(m.topic.endswith("/condition") for m in self.messages),
+            extra=extra,
+        )
+        track = report.unique_track(located.points)
+        files = {
+            "summary.json": report.dumps(summary),
+            "track.gpx": report.to_gpx(track, name=f"{THING} (bench)"),
+            "track.geojson": report.dumps(report.to_geojson(track, statuses)),
+            "track.svg": report.track_svg(track, statuses, self.faults, base),
+            # fixes received within half a real second are not backlog
+            "timeline.svg": report.timeline_svg(during, self.faults, track, base, self.speed / 2),
+        }
+        for name, text in files.items():
+            (self.out / name).write_text(text)
+        self.ui.event("bench summary:\n" + report.format_summary(summary))
+        for problem in self.problems:
+            self.ui.event(f"bench: {problem}")
+        ok = not summary["gaps"] and not self.problems and summary["fixes_recorded"] > 0
+        self.ui.event(f"bench: {'PASS' if ok else 'FAIL'}: report in {self.out}")
+        return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.outage and not args.kill and not args.no_faults:
+        # by default show store and forward at work: one broker outage, two crashes
+        args.outage, args.kill = [parse_outage(DEFAULT_OUTAGE)], DEFAULT_KILLS
+    if not Path(args.recording).is_file():
+        parser.error(f"recording {args.recording} not found")
+    if not 1 <= args.speed <= 1000:
+        parser.error("--speed must be between 1 and 1000")
+    if not Path(MOSQUITTO).exists():
+        parser.error(
+            f"{MOSQUITTO} is missing: run scripts/setup as root, or "
+            "'sudo apt-get install -y mosquitto'"
+        )
+    length = schedule(Path(args.recording).read_bytes(), 1.0).length
+    for o in args.outage:
+        if o.at >= length:
+            parser.error(
+                f"the outage at {o.at:g} s starts after the recording ends ({length:.0f} s)"
+            )
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out: Path = args.out or REPO / "bench-out" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tracker.log").write_bytes(b"")
+    work = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    ui = StatusLine(sys.stdout)
+    try:
+        return Bench(args, work, out, ui).run()
+    except KeyboardInterrupt:
+        ui.event("bench: interrupted")
+        return 130
+    except ImportError as exc:
+        ui.event(f"bench: error: {exc}: run scripts/bench, or scripts/setup --test first")
+        return 2
+    except RuntimeError as exc:
+        ui.event(f"bench: error: {exc} (see {out / 'tracker.log'})")
+        return 1
+    finally:
+        if args.keep:
+            ui.event(f"bench: working folder kept: {work}")
+        else:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
