@@ -1,4 +1,4 @@
-"""The GPS port: `open_gps(url)`, baud detection, and `GpsReader`, the thread that keeps reading.
+"""The GPS port: `open_gps(url)` and `GpsReader`, the thread that keeps reading (baud: hw.baud).
 
 Owns the serial handle and its reopen policy; hands raw bytes on through callbacks. Must not
 import the AWS SDK, the spool or the state machine.
@@ -18,6 +18,7 @@ from typing import Protocol
 import serial
 from serial.serialutil import SerialException
 
+from hw.baud import count_valid_nmea, detect_baudrate
 from tracker.clock import Clock, SystemClock
 from tracker.errors import GpsError
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 if "hw" not in serial.protocol_handler_packages:
     serial.protocol_handler_packages.append("hw")
 
-BAUD_RATES = (4800, 9600, 38400, 115200)
 _FIX_URL = "check [gps] url and that the receiver is plugged in"
 _REASONS = {
     errno.ENOENT: f"no such device; {_FIX_URL}",
@@ -100,62 +100,6 @@ def open_gps(url: str, *, baudrate: int = 9600, timeout: float | None = 0.5) -> 
         raise GpsError(f"cannot open GPS port {url}: {_one_line(text)}") from exc
 
 
-def candidate_rates(configured: int) -> list[int]:
-    """Baud rates to try, the configured one first."""
-    return [configured, *(r for r in BAUD_RATES if r != configured)]
-
-
-def _count_valid(data: bytes) -> int:
-    from tracker.nmea import count_valid_sentences
-
-    return count_valid_sentences(data)
-
-
-@dataclass
-class Detected:
-    """The rate that yielded valid NMEA, the port open at it, and what was read while listening."""
-
-    baudrate: int
-    port: GpsPort
-    data: bytes
-
-
-def detect_baudrate(
-    url: str,
-    configured: int,
-    *,
-    open_port: PortFactory = open_gps,
-    timeout: float = 0.5,
-    reads: int = 6,
-    count_valid: Callable[[bytes], int] = _count_valid,
-    stopped: Callable[[], bool] = lambda: False,
-) -> Detected | None:
-    """Try each usual rate (configured first) for up to `reads` reads; keep one with valid NMEA.
-
-    Returns None when no rate yields a checksum-valid sentence (or when `stopped()`).
-    Raises:
-        GpsError: when the port cannot be opened at all.
-    """
-    for rate in candidate_rates(configured):
-        port = open_port(url, baudrate=rate, timeout=timeout)
-        data = bytearray()
-        keep = False
-        try:
-            for _ in range(reads):
-                if stopped():
-                    return None
-                data += port.read(512)
-                if count_valid(bytes(data)) > 0:
-                    log.info("GPS port %s: found NMEA at %d baud", url, rate)
-                    keep = True
-                    return Detected(rate, port, bytes(data))
-        finally:
-            if not keep:
-                port.close()
-    log.warning("GPS port %s: no valid NMEA at %s baud", url, "/".join(map(str, BAUD_RATES)))
-    return None
-
-
 def backoff_delays(
     *, first: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random
 ) -> Iterator[float]:
@@ -183,6 +127,9 @@ class _Detect(Exception):
     """Internal: bytes but no valid NMEA for too long at this rate."""
 
 
+PROBE_TIMEOUT = 0.5  # read timeout while trying baud rates
+
+
 class GpsReader:
     """A thread that opens the GPS port by URL, passes every byte to `on_data` and survives unplugs.
 
@@ -198,11 +145,11 @@ class GpsReader:
         on_status: Callable[[bool, str], None],
         *,
         baudrate: int = 9600,
-        timeout: float = 0.5,
+        timeout: float | None = 0.5,
         detect_baud: bool = True,
         detect_after: float = 3.0,
         open_port: PortFactory = open_gps,
-        count_valid: Callable[[bytes], int] = _count_valid,
+        count_valid: Callable[[bytes], int] = count_valid_nmea,
         clock: Clock | None = None,
         wait: Callable[[float], bool] | None = None,
         rand: Callable[[], float] = random.random,
@@ -374,12 +321,13 @@ class GpsReader:
         """Find the rate that yields NMEA; on failure reopen at the configured rate."""
         self.stats.detections += 1
         log.info("GPS port %s: no valid NMEA at %d baud, trying others", self.url, self._baudrate)
-        reads = max(1, math.ceil(2.0 / self._timeout))
+        probe = self._timeout or PROBE_TIMEOUT  # each rate is tried for a bounded time
+        reads = max(1, math.ceil(2.0 / probe))
         found = detect_baudrate(
             self.url,
             self._baudrate,
             open_port=self._open_port,
-            timeout=self._timeout,
+            timeout=probe,
             reads=reads,
             count_valid=self._count_valid,
             stopped=self._stop.is_set,
@@ -399,6 +347,8 @@ class GpsReader:
             )
         self._baudrate = self.stats.baudrate = found.baudrate
         self._detect = False
+        if getattr(found.port, "timeout", self._timeout) != self._timeout:
+            found.port.timeout = self._timeout  # type: ignore[attr-defined]  # no idle wake-ups
         self._deliver(found.data)
         return found.port
 

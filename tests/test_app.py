@@ -7,6 +7,7 @@ SQLite spool, the forwarder, the codec, the shadow logic and the sim power/senso
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from collections.abc import Callable
@@ -248,3 +249,57 @@ def test_driving_off_after_parking_wakes_from_low_power(harness: Harness) -> Non
     assert "reporting" in harness.states[i:]
     reasons = [c["reason"] for c in harness.uplink.conditions()]
     assert reasons.index("low_power_enter") < reasons.index("low_power_exit")
+
+
+def test_a_shadow_delta_changes_reporting_within_one_report(tmp_path: Path) -> None:
+    """Reports 60 s apart at most... until the cloud asks for one every 5 s."""
+    h = Harness(
+        make_app(tmp_path, min_interval_s=60, distance_m=100000, heading_deg=180, max_interval_s=60)
+    )
+    h.event(LinkUp())
+    delta = {"version": 3, "state": {"policy": {"min_interval_s": 5, "max_interval_s": 5}}}
+    topic = f"$aws/things/{THING}/shadow/update/delta"
+    sent_at: list[float] = []
+
+    def change(i: int, epoch: Epoch) -> None:
+        if i == 70:
+            sent_at.append(epoch.time.timestamp())  # type: ignore[union-attr]
+            h.event(Inbound(topic, json.dumps(delta).encode()))
+
+    h.play("qtpositioning/nmealog.txt", each=change)
+    times = [r.fix.time.timestamp() for r in h.uplink.records()]
+    before = [b - a for a, b in itertools.pairwise(times) if b <= sent_at[0]]
+    after = [t for t in times if t > sent_at[0]]
+    assert before and min(before) >= 60
+    assert after[0] - sent_at[0] <= 60  # the next report is the last one at the old pace
+    steps = [b - a for a, b in itertools.pairwise(after)]
+    assert len(after) > 10 and sorted(steps)[len(steps) // 2] == 5  # the new pace
+    assert max(steps) < 60
+
+
+def test_sighup_reloads_the_policy_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.toml"
+    base = f"""
+[device]
+thing_name = "{THING}"
+set_clock = false
+[aws]
+endpoint = "localhost"
+cert = "c"
+key = "k"
+ca = "a"
+[spool]
+path = "{tmp_path / "spool.db"}"
+[power]
+gps = "sim://"
+"""
+    path.write_text(base + "[policy]\ndistance_m = 100\n")
+    app = App(config.load(path, environ={}), clock=FakeClock(), config_path=str(path))
+    h = Harness(app)
+    path.write_text(base + "[policy]\ndistance_m = 250\n[gps]\nurl = '/dev/ttyUSB1'\n")
+    h.event(SignalReceived(signal.SIGHUP))
+    assert app.cfg.policy.distance_m == 250 and app.device.cfg.distance_m == 250
+    path.write_text(base + "[policy]\ndistance_m = -1\n")  # a broken file keeps what runs
+    h.event(SignalReceived(signal.SIGHUP))
+    assert app.cfg.policy.distance_m == 250
+    app.shutdown()

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from hw.gps import (
-    BAUD_RATES,
-    GpsReader,
-    backoff_delays,
-    candidate_rates,
-    detect_baudrate,
-    open_gps,
-)
+from hw.baud import BAUD_RATES, candidate_rates, detect_baudrate
+from hw.gps import GpsReader, backoff_delays, open_gps
 from hw.protocol_replay import split_recording
 from hw.pty import FakeGps
 from tracker.clock import FakeClock

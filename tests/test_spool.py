@@ -107,6 +107,19 @@ def test_late_puback_after_release_still_removes_the_record(path: Path) -> None:
         assert [r.seq for r in spool.take_oldest(10)] == [2]
 
 
+def test_released_records_come_back_oldest_first_past_later_in_flight_ones(path: Path) -> None:
+    with Spool(path) as spool:
+        fill(spool, 8)
+        first, second = spool.take_oldest(3), spool.take_oldest(3)  # 1-3 and 4-6 in flight
+        spool.release([first[2].seq, first[1].seq])
+        assert (newest := spool.take_newest()) is not None and newest.seq == 8
+        assert [r.seq for r in spool.take_oldest(10)] == [2, 3, 7]
+        spool.release([second[0].seq, 99])  # 99 was never in flight: ignored
+        assert [r.seq for r in spool.take_oldest(10)] == [4]
+        assert spool.take_oldest(10) == []
+        assert spool.stats().in_flight == 8
+
+
 def test_restart_keeps_unacked_and_in_flight_and_seq_continues(path: Path) -> None:
     with Spool(path) as spool:
         fill(spool, 6)

@@ -558,6 +558,7 @@ def build_parts(app: App) -> Parts:
         on_status=lambda up, detail: app.post(ev.GpsPort(up, detail)),
         baudrate=cfg.gps.baudrate,
         detect_baud=cfg.gps.detect_baud,
+        timeout=None,  # block until bytes come: a receiver in standby costs no wake-ups
     )
     power = open_power(cfg.power.gps, write=gps.write)
     motion = open_motion(cfg.sensors.motion, lambda: app.post(ev.Motion()))

@@ -126,7 +126,8 @@ def check_config(path: Path, environ: dict[str, str]) -> tuple[list[Result], dic
 
 def check_gps(gps: dict[str, Any], probe: Probe) -> Result:
     """The port opens and shows checksum-valid NMEA within the window."""
-    from hw.gps import BAUD_RATES, detect_baudrate, is_device_path, open_gps
+    from hw.baud import BAUD_RATES, detect_baudrate
+    from hw.gps import is_device_path, open_gps
     from tracker.nmea import count_valid_sentences
 
     url, baud = gps.get("url"), gps.get("baudrate")

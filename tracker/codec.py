@@ -86,7 +86,8 @@ def encode_batch(records: Sequence[Record], max_bytes: int = 5120) -> tuple[byte
         new_trigger = rec.trigger not in triggers
         if new_trigger:
             triggers.append(rec.trigger)
-        row = _row(rec, state, triggers)
+        vals = _values(rec, triggers)  # once per record: the row and the next state both use it
+        row = _row(vals, state)
         add = len(row) + (1 if rows else 0)
         tt_add = (len(_dumps(rec.trigger)) + (1 if tt_size else 0)) if new_trigger else 0
         if rows and size + add + tt_add > max_bytes:
@@ -96,7 +97,7 @@ def encode_batch(records: Sequence[Record], max_bytes: int = 5120) -> tuple[byte
         rows.append(row)
         size += add + tt_add
         tt_size += tt_add
-        _advance(state, rec, triggers)
+        _advance(state, vals)
     tt = _dumps(triggers)
     payload = head + b",".join(rows) + b'],"tt":' + tt + b"}"
     return payload, len(rows)
@@ -128,8 +129,12 @@ def decode(payload: bytes) -> list[Record]:
 # --- encoding helpers ---------------------------------------------------------------------------
 
 
+# One encoder for every message: json.dumps with these options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def _dumps(v: Any) -> bytes:
-    return json.dumps(v, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    return _ENCODER.encode(v).encode()
 
 
 def _scaled(name: str, v: float, scale: int) -> int:
@@ -156,8 +161,7 @@ def _values(rec: Record, triggers: list[str]) -> list[int | None]:
     return [*_ints(rec.fix), triggers.index(rec.trigger), rec.fix.mode, rec.seq]
 
 
-def _row(rec: Record, state: list[int], triggers: list[str]) -> bytes:
-    vals = _values(rec, triggers)
+def _row(vals: list[int | None], state: list[int]) -> bytes:
     row = [None if v is None else v - s for v, s in zip(vals, state, strict=True)]
     row[_SEQ] = int(row[_SEQ] or 0) - 1
     while row and row[-1] == 0:
@@ -165,8 +169,8 @@ def _row(rec: Record, state: list[int], triggers: list[str]) -> bytes:
     return _dumps(row)
 
 
-def _advance(state: list[int], rec: Record, triggers: list[str]) -> None:
-    for i, v in enumerate(_values(rec, triggers)):
+def _advance(state: list[int], vals: list[int | None]) -> None:
+    for i, v in enumerate(vals):
         if v is not None:
             state[i] = v
 

@@ -7,7 +7,6 @@ silent on purpose. Must not import the tracker.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import secrets
 import threading
@@ -21,7 +20,7 @@ from awsiot import mqtt_connection_builder
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from support.broker import Broker
 from support.pki import Pki
@@ -124,23 +123,9 @@ class IdentityResponder:
             return False
         return True
 
-    def _issue(self, public_key: Any) -> tuple[str, str, str]:
-        ca = self.pki._ca  # the test CA signs what the service would sign with Amazon's
-        now = dt.datetime.now(dt.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "AWS IoT Certificate")])
-            )
-            .issuer_name(ca.cert.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca.key, hashes.SHA256())
-        )
+    def _issue(self, public_key: CertificatePublicKeyTypes) -> tuple[str, str, str]:
+        # the test CA signs what the service would sign with Amazon's
+        cert = self.pki.issue_for(public_key, "AWS IoT Certificate")
         cert_id = cert.fingerprint(hashes.SHA256()).hex()
         token = secrets.token_urlsafe(32)
         with self._lock:

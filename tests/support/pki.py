@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 THING_NAME = "tracker-test-1"
@@ -154,6 +155,22 @@ class Pki:
     def client_for(self, name: str) -> Identity:
         """A valid client identity whose CN is `name`."""
         return _issue(self._ca, self.dir, f"client-{name}", name, server=False)
+
+    def issue_for(self, public_key: CertificatePublicKeyTypes, cn: str) -> x509.Certificate:
+        """A client certificate for someone else's key (a CSR's, say), signed by the test CA."""
+        now = dt.datetime.now(dt.timezone.utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self._ca.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _DAY)
+            .not_valid_after(now + 365 * _DAY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._ca.key, hashes.SHA256())
+        )
 
     def expired_client(self) -> Identity:
         """A client certificate from the right CA that expired yesterday."""
