@@ -23,7 +23,8 @@ from tracker import config
 from tracker.app import App, Parts, make_decoder
 from tracker.clock import FakeClock
 from tracker.epoch import Epoch
-from tracker.events import GpsEpoch, Inbound, LinkDown, LinkUp, SignalReceived
+from tracker.errors import HardwareError
+from tracker.events import GpsEpoch, GpsPort, Inbound, LinkDown, LinkUp, SignalReceived
 from tracker.machine import State
 from tracker.spool import Spool
 
@@ -303,3 +304,33 @@ gps = "sim://"
     h.event(SignalReceived(signal.SIGHUP))
     assert app.cfg.policy.distance_m == 250
     app.shutdown()
+
+
+class FlakyPower:
+    """A serial-command power backend whose port is not open yet (as at start-up)."""
+
+    def __init__(self) -> None:
+        self.port_open = False
+        self.sent: list[bool] = []
+
+    def set(self, on: bool) -> None:
+        if not self.port_open:
+            raise HardwareError("GPS wake (pmtk) failed: GPS port is not open; command not sent")
+        self.sent.append(on)
+
+
+def test_a_power_command_that_cannot_be_sent_yet_is_sent_when_the_port_opens(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path)
+    power = FlakyPower()
+    uplink = FakeUplink(app.post)
+    app.attach(Parts(uplink=uplink, gps=None, power=power, battery=open_battery("none://"),
+                     temperature=open_temperature("none://"),
+                     motion=open_motion("none://", lambda: None)))
+    assert app.device.state is State.ACQUIRING_FIX and power.sent == []  # no crash
+    power.port_open = True
+    app.handle(GpsPort(True, "open"))
+    assert power.sent == [True]
+    app.shutdown()
+    assert power.sent == [True, False]  # standby before the port closes

@@ -33,6 +33,7 @@ def load_bench() -> ModuleType:
 
 
 bench = load_bench()
+import bench_plan  # noqa: E402  (beside bench.py, which put scripts/ on sys.path)
 
 
 def cut(data: bytes, start: bytes, stop: bytes) -> bytes:
@@ -44,22 +45,22 @@ def cut(data: bytes, start: bytes, stop: bytes) -> bytes:
 
 
 def test_durations_and_outages_parse_with_units() -> None:
-    assert bench.parse_duration("90") == 90.0
-    assert bench.parse_duration("1.5m") == 90.0
-    assert bench.parse_duration("2h") == 7200.0
-    assert bench.parse_outage("60s@120s") == bench.Outage(at=120.0, length=60.0)
+    assert bench_plan.parse_duration("90") == 90.0
+    assert bench_plan.parse_duration("1.5m") == 90.0
+    assert bench_plan.parse_duration("2h") == 7200.0
+    assert bench_plan.parse_outage("60s@120s") == bench_plan.Outage(at=120.0, length=60.0)
     for bad in ("soon", "60s", "0s@10s"):
         with pytest.raises(argparse.ArgumentTypeError):
-            bench.parse_outage(bad)
+            bench_plan.parse_outage(bad)
 
 
 def test_parser_defaults_and_repeatable_outages() -> None:
-    args = bench.build_parser().parse_args(
+    args = bench_plan.build_parser().parse_args(
         ["--outage", "60s@120s", "--outage", "1m@10m", "--kill", "2"]
     )
     assert Path(args.recording) == DRIVE
     assert args.speed == 75.0 and args.kill == 2
-    assert args.outage == [bench.Outage(120.0, 60.0), bench.Outage(600.0, 60.0)]
+    assert args.outage == [bench_plan.Outage(120.0, 60.0), bench_plan.Outage(600.0, 60.0)]
 
 
 def test_schedule_follows_the_recording_and_its_bytes() -> None:
@@ -70,7 +71,7 @@ def test_schedule_follows_the_recording_and_its_bytes() -> None:
         b"$GPRMC,001000,A*00\r\n",
         b"$GPRMC,001010,A*00\r\n",
     ]
-    s = bench.schedule(b"".join(lines), 10.0)
+    s = bench_plan.schedule(b"".join(lines), 10.0)
     assert s.rec == [0.0, 0.0, 10.5, 600.0, 610.0]
     assert s.play == [0.0, 0.0, 1.05, 3.05, 4.05]  # the 589.5 s gap is capped at 2 s
     assert s.length == 610.0
@@ -85,27 +86,27 @@ def test_schedule_follows_the_recording_and_its_bytes() -> None:
 
 
 def test_the_default_drive_takes_about_two_minutes() -> None:
-    s = bench.schedule(DRIVE.read_bytes(), 75.0)
+    s = bench_plan.schedule(DRIVE.read_bytes(), 75.0)
     assert 8000 < s.length < 9000
     assert 90 < s.play[-1] < 150
 
 
 def test_kills_are_spread_over_recorded_lines_and_kept_out_of_outages() -> None:
     rec = [float(i) for i in range(100)] + [1000.0 + i for i in range(100)]  # a gap at 100 s
-    assert bench.kill_moments(3, rec, []) == [50.0, 1000.0, 1050.0]
-    moved = bench.kill_moments(1, rec, [bench.Outage(at=990.0, length=30.0)])
+    assert bench_plan.kill_moments(3, rec, []) == [50.0, 1000.0, 1050.0]
+    moved = bench_plan.kill_moments(1, rec, [bench_plan.Outage(at=990.0, length=30.0)])
     assert moved[0] > 1020.0
 
 
 def test_bench_config_is_a_valid_tracker_config(tmp_path: Path) -> None:
     pki = SimpleNamespace(client=SimpleNamespace(cert="c.crt", key="c.key"), ca="ca.crt")
     path = tmp_path / "tracker.toml"
-    path.write_text(bench.bench_config(tmp_path, "/dev/pts/9", 18883, pki, 75.0, "info"))
+    path.write_text(bench_plan.bench_config(tmp_path, "/dev/pts/9", 18883, pki, 75.0, "info"))
     cfg = config.load(path, environ={})
     assert cfg.gps.url == "/dev/pts/9" and not cfg.gps.detect_baud
     assert cfg.aws.port == 18883 and cfg.aws.endpoint == "localhost"
     assert cfg.debug.clock_speed == 75.0
-    assert cfg.device.thing_name == bench.THING
+    assert cfg.device.thing_name == bench_plan.THING
 
 
 def test_status_line_is_quiet_when_not_a_terminal() -> None:

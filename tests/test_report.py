@@ -1,4 +1,5 @@
-"""Unit tests of tracker.report: gaps, duplicates, state time, GPX/GeoJSON and SVG validity."""
+"""Unit tests of tracker.report and tracker.report_svg: gaps, duplicates, state time, GPX/GeoJSON
+and SVG validity."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
-from tracker import codec, report
+from tracker import codec, report, report_svg
 from tracker.fix import Fix, Record
 from tracker.report import Fault, Message, Point, Status
 
@@ -176,19 +177,19 @@ def test_geojson_has_a_linestring_and_points_in_lon_lat_order() -> None:
 def test_svgs_are_well_formed_and_mark_faults() -> None:
     pts = [Point(i, fix(i), "interval", 0.0) for i in range(40)]
     faults = [Fault("outage", 1.2, 1.6), Fault("kill", 2.5, 2.5)]
-    track = ET.fromstring(report.track_svg(pts, STATUSES, faults))
+    track = ET.fromstring(report_svg.track_svg(pts, STATUSES, faults))
     assert track.tag == "{http://www.w3.org/2000/svg}svg"
     svg = "{http://www.w3.org/2000/svg}"
-    assert any(c.get("stroke") == report.OUTAGE_FILL for c in track.iter(f"{svg}circle"))
-    assert any(p.get("stroke") == report.KILL_COLOUR for p in track.iter(f"{svg}path"))
+    assert any(c.get("stroke") == report_svg.OUTAGE_FILL for c in track.iter(f"{svg}circle"))
+    assert any(p.get("stroke") == report_svg.KILL_COLOUR for p in track.iter(f"{svg}path"))
     strokes = {ln.get("stroke") for ln in track.iter(f"{svg}path")}
-    assert report.colour("reporting") in strokes and report.colour("low_power") in strokes
-    timeline = ET.fromstring(report.timeline_svg(STATUSES, faults))
+    assert report_svg.colour("reporting") in strokes and report_svg.colour("low_power") in strokes
+    timeline = ET.fromstring(report_svg.timeline_svg(STATUSES, faults))
     fills = {r.get("fill") for r in timeline.iter(f"{svg}rect")}
-    assert report.OUTAGE_FILL in fills and report.colour("acquiring_fix") in fills
-    assert any(ln.get("stroke") == report.KILL_COLOUR for ln in timeline.iter(f"{svg}path"))
+    assert report_svg.OUTAGE_FILL in fills and report_svg.colour("acquiring_fix") in fills
+    assert any(ln.get("stroke") == report_svg.KILL_COLOUR for ln in timeline.iter(f"{svg}path"))
 
 
 def test_svgs_of_an_empty_run_are_still_well_formed() -> None:
-    ET.fromstring(report.track_svg([], [], []))
-    ET.fromstring(report.timeline_svg([], []))
+    ET.fromstring(report_svg.track_svg([], [], []))
+    ET.fromstring(report_svg.timeline_svg([], []))

@@ -104,6 +104,7 @@ class App:
         self.parts: Parts | None = None
         self.forwarder: Forwarder | None = None
         self.link_up = False
+        self.gps_wanted_on = True
         self.link_wanted = True
         self.link_drops = 0
         self.gps_port_up = False
@@ -160,8 +161,18 @@ class App:
 
     # ---- Effects (called by the machine) -------------------------------------------------------
     def gps_power(self, on: bool) -> None:
-        if self.parts is not None:
-            self.parts.power.set(on)
+        self.gps_wanted_on = on
+        self._apply_gps_power()
+
+    def _apply_gps_power(self) -> None:
+        """Power the receiver as the machine wants; a command that cannot be sent now (port not
+        open yet, receiver unplugged) is sent again when the port comes back."""
+        if self.parts is None:
+            return
+        try:
+            self.parts.power.set(self.gps_wanted_on)
+        except (OSError, TrackerError) as exc:
+            log.warning("GPS power: %s; retried when the port is back", exc)
 
     def record(self, fix: Fix, trigger: str) -> None:
         rec = self.spool.put(fix, trigger)
@@ -228,7 +239,16 @@ class App:
                 getattr(self, f"_timer_{name}")(now)
 
     def handle(self, event: ev.Event) -> None:
-        """Apply one event to the state; the only place events are consumed."""
+        """Apply one event to the state; the only place events are consumed.
+
+        A hardware or I/O failure while handling it is logged and the loop goes on: the spool
+        keeps every fix, and the next event retries. A bug propagates: systemd restarts us."""
+        try:
+            self._dispatch(event)
+        except (OSError, TrackerError) as exc:
+            log.error("%s while handling %s", exc, type(event).__name__)
+
+    def _dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.GpsEpoch):
             self._on_epoch(event.epoch)
         elif isinstance(event, ev.PubAck):
@@ -251,6 +271,8 @@ class App:
                 log.error("link: %s", event.reason)
         elif isinstance(event, ev.GpsPort):
             self.gps_port_up = event.up
+            if event.up:
+                self._apply_gps_power()
             log.log(
                 logging.INFO if event.up else logging.WARNING,
                 "GPS port %s %s",
@@ -326,12 +348,12 @@ class App:
         self.notifier.stopping()
         parts = self.parts
         if parts is not None:
-            if parts.gps is not None:
-                parts.gps.stop()
-            try:
+            try:  # standby first: a serial command needs the port still open
                 parts.power.set(False)
             except (OSError, TrackerError) as exc:
                 log.warning("GPS standby failed: %s", exc)
+            if parts.gps is not None:
+                parts.gps.stop()
             if parts.motion is not None and hasattr(parts.motion, "close"):
                 parts.motion.close()
             parts.uplink.stop(timeout=3.0)
