@@ -101,7 +101,8 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def remove_shm(key: int) -> None:
-    """Drop the shared-memory export gpsd leaves behind at exit (gpsfake keys it by port)."""
+    """Drop the shared-memory export gpsd leaves behind (it cannot remove it once it has dropped
+    privileges); gpsfake keys it by port, so each run would leak one otherwise."""
     libc = ctypes.CDLL(None, use_errno=True)
     shmid = libc.shmget(ctypes.c_int(key), ctypes.c_size_t(0), ctypes.c_int(0))
     if shmid >= 0:
@@ -113,9 +114,10 @@ def gpsfake(recording: Path, log: Path) -> Iterator[int]:
     """gpsfake cycling `recording` into a gpsd on a free loopback port; yields that port."""
     command = gpsfake_command()
     port = free_port()
-    # -q: no per-cycle chatter; -c: pace the sentences; -P: the daemon's port. gpsd listens on
-    # loopback only and opens the fake device when the first client watches. The log repeats
-    # (no -1), so wherever the client joins, a whole cycle follows.
+    # -q: no per-cycle chatter; -n: gpsd opens (and spends about 0.8 s probing) the fake pty at
+    # once rather than when the client watches; -c: pace the sentences; -P: the daemon's port,
+    # on loopback only. The log repeats (no -1: gpsd drops what it reads while probing), so
+    # wherever the client joins, a whole cycle follows.
     args = [*command, "-q", "-n", "-c", PACE, "-P", str(port), str(recording)]
     with tempfile.TemporaryDirectory(prefix="gpsfake-") as sockets, log.open("wb") as out:
         process = subprocess.Popen(

@@ -35,6 +35,7 @@ from tracker.systemd import Notifier, setup_logging
 
 log = logging.getLogger("tracker.app")
 
+PARKED_FAST_FIXES = 3  # fixes in a row above moving speed that wake a parked device
 SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
 
 
@@ -110,6 +111,7 @@ class App:
         self.gps_port_up = False
         self.last_epoch: Epoch | None = None
         self.parked_at: Fix | None = None  # first fix seen in low power
+        self.parked_fast = 0  # fixes in a row faster than moving_speed_mps while parked
         self.last_gps_time: tuple[datetime, float] | None = None  # (GPS time, monotonic then)
         self.pending_condition: bytes | None = None
         self.control_tokens: set[int] = set()
@@ -371,7 +373,7 @@ class App:
             self.last_gps_time = (epoch.time, self.clock.monotonic())
             if epoch.fix is not None and self.cfg.device.set_clock:
                 self._set_system_clock(epoch.fix.time)
-        if self.device.state is State.LOW_POWER:
+        if self.device.state is State.LOW_POWER and not self.device.battery_is_low():
             self._watch_parked(epoch.fix)
         else:
             self.parked_at = None
@@ -383,11 +385,13 @@ class App:
         if fix is None or (fix.hdop is not None and fix.hdop > self.cfg.policy.max_hdop):
             return
         if self.parked_at is None:
-            self.parked_at = fix
+            self.parked_at, self.parked_fast = fix, 0
             return
         p = self.cfg.policy
         moved = distance_m(self.parked_at.lat, self.parked_at.lon, fix.lat, fix.lon)
-        if moved > p.still_radius_m or (fix.speed or 0.0) > p.moving_speed_mps:
+        # a parked receiver's speed jitters past the threshold now and then: want it sustained
+        self.parked_fast = self.parked_fast + 1 if (fix.speed or 0.0) > p.moving_speed_mps else 0
+        if moved > p.still_radius_m or self.parked_fast >= PARKED_FAST_FIXES:
             log.info("moving in low power (%.0f m from where it parked): waking", moved)
             self.parked_at = None
             self.device.on_motion()

@@ -80,8 +80,8 @@ class ReportPolicy:
         self._last = fix
         self._update_motion(fix)
         trigger = self._decide(fix)
-        if trigger is None and force is not None:
-            trigger = force
+        if force is not None:
+            trigger = force  # the wake-up (heartbeat, SIGUSR1) is why this report goes out
         if trigger is not None:
             self._mark_reported(fix, trigger)
         return trigger

@@ -1,0 +1,75 @@
+"""Golden tests of the whole daemon on recorded drives, in simulated time: what the cloud receives
+(every fix with its seq and trigger, every condition with its reason) and the state changes.
+
+Each run is compared with tests/data/golden/app/NAME.txt; TRACKER_REGEN_GOLDEN=1 rewrites them,
+and a difference is shown as a diff naming the lines that changed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import pytest
+from test_app import Harness, make_app
+
+from tracker.events import LinkUp
+from tracker.fix import format_time
+
+GOLDEN = Path(__file__).parent / "data" / "golden" / "app"
+REGEN = os.environ.get("TRACKER_REGEN_GOLDEN") == "1"
+
+
+class Traced(Harness):
+    """A harness that writes one line per state change, fix received and condition received."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.lines: list[str] = []
+        self._seen = 0
+
+    def _stamp(self) -> str:
+        t = self.app.gps_now()
+        return format_time(t) if t else "-"
+
+    def _note_state(self) -> None:
+        if self.app.device.state.value != self.states[-1]:
+            self.lines.append(f"{self._stamp()} state {self.app.device.state.value}")
+        super()._note_state()
+        for p in self.uplink.sent[self._seen:]:
+            if p.topic.endswith("/location"):
+                for r in __import__("tracker.codec").codec.decode(p.payload):
+                    self.lines.append(f"{format_time(r.fix.time)} fix {r.seq} {r.trigger}")
+            elif p.topic.endswith("/condition"):
+                reason = __import__("json").loads(p.payload)["reason"]
+                self.lines.append(f"{self._stamp()} condition {reason}")
+        self._seen = len(self.uplink.sent)
+
+
+CASES = {
+    "drive": ("nmeaparser/NmeaSampleData.txt", "sim://?percent=80"),
+    "parked": ("signalk/gps.log", "sim://?percent=80"),
+    "battery-low": ("nmeaparser/NmeaSampleData.txt", "sim://?percent=30&steps=900:12"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_whole_app_on_a_recording_matches_its_golden_trace(name: str, tmp_path: Path) -> None:
+    recording, battery = CASES[name]
+    h = Traced(make_app(tmp_path, battery=battery))
+    h.event(LinkUp())
+    h.play(recording)
+    h._note_state()
+    text = "\n".join(h.lines) + "\n"
+    path = GOLDEN / f"{name}.txt"
+    if REGEN or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if not REGEN:
+            pytest.fail(f"created missing golden file {path}; check it in")
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                            str(path), "this run", n=1))
+        pytest.fail(f"app trace differs (TRACKER_REGEN_GOLDEN=1 to accept):\n{diff[:4000]}")
