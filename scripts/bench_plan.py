@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RECORDING = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
 DEFAULT_OUTAGE = "15m@40m"
 DEFAULT_KILLS = 2
+DEFAULT_RECORDING_S = 8914.0  # the bundled drive the default outage was chosen for
 MOSQUITTO = "/usr/sbin/mosquitto"
 THING = "bench-tracker-1"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?")
@@ -164,11 +165,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked; without a fault option, the default outage and kills."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.outage and not args.kill and not args.no_faults:
-        # by default show store and forward at work: one broker outage, two crashes
-        args.outage, args.kill = [parse_outage(DEFAULT_OUTAGE)], DEFAULT_KILLS
     if not Path(args.recording).is_file():
         parser.error(f"recording {args.recording} not found")
+    length = schedule(Path(args.recording).read_bytes(), 1.0).length
+    if not args.outage and not args.kill and not args.no_faults:
+        # by default show store and forward at work: one broker outage, two crashes; on a
+        # recording shorter than the default outage's start, at the same share of it
+        outage = parse_outage(DEFAULT_OUTAGE)
+        if outage.at + outage.length >= length:
+            share = length / DEFAULT_RECORDING_S
+            outage = Outage(at=outage.at * share, length=outage.length * share)
+        args.outage, args.kill = [outage], DEFAULT_KILLS
     if not 1 <= args.speed <= 1000:
         parser.error("--speed must be between 1 and 1000")
     if not Path(MOSQUITTO).exists():
@@ -176,7 +183,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"{MOSQUITTO} is missing: run scripts/setup as root, or "
             "'sudo apt-get install -y mosquitto'"
         )
-    length = schedule(Path(args.recording).read_bytes(), 1.0).length
     for o in args.outage:
         if o.at >= length:
             parser.error(

@@ -167,6 +167,9 @@ def test_parked_recording_goes_to_low_power_and_says_so(harness: Harness) -> Non
     assert harness.app.device.state is State.LOW_POWER
     reasons = [c["reason"] for c in harness.uplink.conditions()]
     assert "low_power_enter" in reasons
+    # the link closed once the broker had everything: nothing left in flight, nothing lost
+    assert harness.app.link_closed and harness.uplink.stopped and not harness.app.link_up
+    assert all(p.acked for p in harness.uplink.sent)
     # asleep: the next wake-up is minutes away, not a polling tick
     now = harness.clock.monotonic()
     deadline = harness.app.next_deadline()
@@ -250,6 +253,7 @@ def test_driving_off_after_parking_wakes_from_low_power(harness: Harness) -> Non
     assert "reporting" in harness.states[i:]
     reasons = [c["reason"] for c in harness.uplink.conditions()]
     assert reasons.index("low_power_enter") < reasons.index("low_power_exit")
+    assert harness.uplink.restarts >= 1 and harness.app.link_up  # opened again on waking
 
 
 def test_a_shadow_delta_changes_reporting_within_one_report(tmp_path: Path) -> None:

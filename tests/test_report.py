@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from tracker import codec, report, report_svg
 from tracker.fix import Fix, Record
+from tracker.forward import publish_packet_bytes
 from tracker.report import Fault, Message, Point, Status
 
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
@@ -128,13 +129,14 @@ def test_decode_messages_counts_live_batch_duplicates_and_bad_payloads() -> None
     assert [p.seq for p in got.points] == [1, 2, 3, 4, 5, 1]
     assert len(got.decode_errors) == 1
     assert got.payload_bytes == 2 * len(live) + len(batch) + len(b"not json")
-    assert got.wire_bytes == sum(report.publish_size(TOPIC, m.payload) for m in msgs[:4])
+    assert got.wire_bytes == sum(publish_packet_bytes(TOPIC, len(m.payload)) for m in msgs[:4])
     assert [p.seq for p in report.unique_track(got.points)] == [1, 2, 3, 4, 5]
 
 
-def test_publish_size_counts_a_multi_byte_remaining_length() -> None:
-    assert report.publish_size("t", b"x" * 10) == 1 + 1 + 2 + 1 + 2 + 10
-    assert report.publish_size("t", b"x" * 200) == 1 + 2 + 2 + 1 + 2 + 200
+def test_wire_size_is_an_mqtt5_publish_with_a_multi_byte_remaining_length() -> None:
+    # fixed header, remaining length, topic length + topic, packet id, properties length, payload
+    assert publish_packet_bytes("t", 10) == 1 + 1 + 2 + 1 + 2 + 1 + 10
+    assert publish_packet_bytes("t", 200) == 1 + 2 + 2 + 1 + 2 + 1 + 200
 
 
 def test_summary_reports_a_lost_fix_as_a_gap() -> None:

@@ -35,6 +35,7 @@ from tracker.systemd import Notifier, setup_logging
 
 log = logging.getLogger("tracker.app")
 
+LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long after asking
 PARKED_FAST_FIXES = 3  # fixes in a row above moving speed that wake a parked device
 SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
 
@@ -106,6 +107,7 @@ class App:
         self.forwarder: Forwarder | None = None
         self.link_up = False
         self.gps_wanted_on = True
+        self.link_closed = False
         self.link_wanted = True
         self.link_drops = 0
         self.gps_port_up = False
@@ -206,7 +208,31 @@ class App:
             self.control_tokens.add(self.parts.uplink.publish(topic, payload))
 
     def link(self, wanted: bool) -> None:
+        """Low power may close the link: once what is in flight is acknowledged, or after
+        LINK_CLOSE_GRACE_S at the latest; waking opens it again."""
         self.link_wanted = wanted
+        if self.parts is None or not self.cfg.power.close_link:
+            return
+        if wanted:
+            self.timers.pop("link_close", None)
+            if self.link_closed:
+                self.link_closed = False
+                log.info("opening the link again")
+                self.parts.uplink.start()
+        elif not self.link_closed:
+            self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
+
+    def _close_link(self) -> None:
+        self.timers.pop("link_close", None)
+        if self.parts is None or self.link_closed:
+            return
+        self.link_closed = True
+        log.info("closing the link for low power")
+        self._on_link(False, "closed for low power")
+        self.parts.uplink.stop(timeout=3.0)
+
+    def _timer_link_close(self, now: float) -> None:
+        self._close_link()
 
     # ---- the loop -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -225,6 +251,8 @@ class App:
         d = self.device.next_deadline()
         if d is not None and now >= d:
             self.device.on_timer()
+        if "link_close" in self.timers and self._link_idle():
+            self._close_link()
         wake = self.forwarder.wake_at() if self.forwarder else None
         if wake is not None and now >= wake:
             self._pump()
@@ -460,6 +488,11 @@ class App:
                 self.timers["condition"] = self.clock.monotonic() + interval
         if self.forwarder is not None and new.aws.batch_bytes != old.aws.batch_bytes:
             self.forwarder.batch_bytes = new.aws.batch_bytes
+
+    def _link_idle(self) -> bool:
+        """Nothing the broker still has to acknowledge."""
+        busy = self.forwarder is not None and self.forwarder.stats().in_flight > 0
+        return not self.control_tokens and not busy
 
     def _pump(self) -> None:
         if self.link_up and self.forwarder is not None:

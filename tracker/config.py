@@ -196,6 +196,11 @@ class PowerConfig:
     gps: str = setting(
         "none://", "GPS power control: none://, pmtk://, ubx://, gpio://CHIP/LINE, sim://"
     )
+    close_link: bool = setting(
+        True,
+        "close the MQTT connection in low power, once what is in flight is acknowledged; "
+        "it opens again on waking",
+    )
 
 
 @dataclass(frozen=True)

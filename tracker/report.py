@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 from tracker import codec
 from tracker.errors import CodecError
 from tracker.fix import Fix, format_time, parse_time
+from tracker.forward import publish_packet_bytes
 
 
 @dataclass(frozen=True)
@@ -88,15 +89,6 @@ def parse_status(text: str, at: float) -> Status | None:
         return None
 
 
-def publish_size(topic: str, payload: bytes) -> int:
-    """Bytes of an MQTT 3.1.1 QoS 1 PUBLISH packet (TLS records not counted)."""
-    rest = 2 + len(topic.encode()) + 2 + len(payload)  # topic length, topic, packet id, payload
-    varint = 1
-    while rest >= 128**varint:
-        varint += 1
-    return 1 + varint + rest
-
-
 def decode_messages(messages: Iterable[Message], location_topic: str) -> Received:
     """Decode every location message; bad payloads are counted, never raised."""
     out = Received()
@@ -104,7 +96,7 @@ def decode_messages(messages: Iterable[Message], location_topic: str) -> Receive
         if m.topic != location_topic:
             continue
         out.messages += 1
-        out.wire_bytes += publish_size(m.topic, m.payload)
+        out.wire_bytes += publish_packet_bytes(m.topic, len(m.payload))
         out.payload_bytes += len(m.payload)
         try:
             records = codec.decode(m.payload)
@@ -247,8 +239,8 @@ def to_gpx(points: Sequence[Point], name: str = "tracker bench") -> str:
         hdop = f"<hdop>{f.hdop:.2f}</hdop>" if f.hdop is not None else ""
         rows.append(
             f'      <trkpt lat="{f.lat:.7f}" lon="{f.lon:.7f}">{ele}'
-            f"<time>{format_time(f.time)}</time><fix>{'3d' if f.mode == 3 else '2d'}</fix>"
-            f"{sat}{hdop}<desc>seq {p.seq} {escape(p.trigger)}</desc></trkpt>"
+            f"<time>{format_time(f.time)}</time><desc>seq {p.seq} {escape(p.trigger)}</desc>"
+            f"<fix>{'3d' if f.mode == 3 else '2d'}</fix>{sat}{hdop}</trkpt>"
         )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracker import codec
-from tracker.events import Post, PubAck
+from tracker.events import LinkUp, Post, PubAck
 from tracker.fix import Record
 
 
@@ -28,13 +28,19 @@ class Published:
 class FakeUplink:
     post: Post
     started: bool = False
+    restarts: int = 0
     stopped: bool = False
     subscriptions: list[str] = field(default_factory=list)
     sent: list[Published] = field(default_factory=list)
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def start(self) -> None:
+        """The first start waits for the test's LinkUp; a restart reconnects at once."""
+        if self.started:
+            self.restarts += 1
+            self.post(LinkUp())
         self.started = True
+        self.stopped = False
 
     def subscribe(self, topic: str) -> None:
         self.subscriptions.append(topic)
