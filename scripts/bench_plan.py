@@ -194,10 +194,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def bench_config(work: Path, gps_path: str, port: int, pki: Any, speed: float, level: str) -> str:
     """The daemon's TOML config for this run (JSON strings and numbers are valid TOML)."""
     sections: dict[str, dict[str, Any]] = {
-        "device": {"thing_name": THING},
+        # a recording is old GPS time: keep its dates, and never set this machine's clock
+        "device": {"thing_name": THING, "set_clock": False},
         "aws": {"endpoint": "localhost", "port": port, "cert": str(pki.client.cert),
                 "key": str(pki.client.key), "ca": str(pki.ca), "keepalive_s": 30},
-        "gps": {"url": gps_path, "detect_baud": False},
+        "gps": {"url": gps_path, "detect_baud": False, "date_floor": "1999-08-22"},
         "spool": {"path": str(work / "spool.db")},
         "power": {"gps": "sim://"},
         "sensors": {"battery": "sim://?percent=80"},

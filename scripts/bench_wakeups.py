@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from support.broker import Broker  # noqa: E402
+from support.daemon import daemon_config  # noqa: E402
 from support.pki import Pki  # noqa: E402
 
 from hw.pty import FakeGps  # noqa: E402
@@ -53,32 +54,13 @@ def per_minute(pid: int, seconds: float) -> tuple[float, float]:
 
 
 def config(work: Path, broker: Broker, gps: FakeGps) -> Path:
-    aws = broker.aws_config()
     path = work / "tracker.toml"
-    path.write_text(f"""
-[device]
-thing_name = "{broker.pki.thing_name}"
-set_clock = false
-[aws]
-endpoint = "{aws.endpoint}"
-port = {aws.port}
-cert = "{aws.cert}"
-key = "{aws.key}"
-ca = "{aws.ca}"
-[gps]
-url = "{gps.path}"
-detect_baud = false
-date_floor = "1999-08-22"
-[spool]
-path = "{work / 'spool.db'}"
-[policy]
-still_timeout_s = 30
-max_interval_s = 30
-[power]
-gps = "pmtk://"
-[log]
-level = "warning"
-""")
+    path.write_text(daemon_config(broker, gps.path, work / "spool.db", {
+        "aws": {"flow_control": True},
+        "policy": {"still_timeout_s": 30, "max_interval_s": 30},
+        "power": {"gps": "pmtk://"},
+        "log": {"level": "warning"},
+    }))  # fmt: skip
     return path
 
 
@@ -109,10 +91,18 @@ def main() -> int:
     env = {**os.environ, "NOTIFY_SOCKET": str(work / "notify"), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "tracker", "run", "-c", str(config(work, broker, gps))]
     daemon = subprocess.Popen(cmd, env=env)
-    poller = subprocess.Popen([sys.executable, "-c", (
-        "import serial, sys\n"
-        "port = serial.Serial(sys.argv[1], 9600, timeout=0.5)\n"
-        "while True:\n    port.read(256)\n"), baseline_gps.path])
+    poller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import serial, sys\n"
+                "port = serial.Serial(sys.argv[1], 9600, timeout=0.5)\n"
+                "while True:\n    port.read(256)\n"
+            ),
+            baseline_gps.path,
+        ]
+    )
     try:
         if not wait_for(notify, "READY=1", 30):
             print("the daemon did not start", file=sys.stderr)

@@ -7,18 +7,18 @@ and a difference is shown as a diff naming the lines that changed.
 
 from __future__ import annotations
 
-import difflib
-import os
+import json
 from pathlib import Path
 
 import pytest
+from support.golden import check_golden
 from test_app import Harness, make_app
 
+from tracker import codec
 from tracker.events import LinkUp
 from tracker.fix import format_time
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "app"
-REGEN = os.environ.get("TRACKER_REGEN_GOLDEN") == "1"
 
 
 class Traced(Harness):
@@ -39,10 +39,10 @@ class Traced(Harness):
         super()._note_state()
         for p in self.uplink.sent[self._seen:]:
             if p.topic.endswith("/location"):
-                for r in __import__("tracker.codec").codec.decode(p.payload):
+                for r in codec.decode(p.payload):
                     self.lines.append(f"{format_time(r.fix.time)} fix {r.seq} {r.trigger}")
             elif p.topic.endswith("/condition"):
-                reason = __import__("json").loads(p.payload)["reason"]
+                reason = json.loads(p.payload)["reason"]
                 self.lines.append(f"{self._stamp()} condition {reason}")
         self._seen = len(self.uplink.sent)
 
@@ -62,14 +62,4 @@ def test_whole_app_on_a_recording_matches_its_golden_trace(name: str, tmp_path: 
     h.play(recording)
     h._note_state()
     text = "\n".join(h.lines) + "\n"
-    path = GOLDEN / f"{name}.txt"
-    if REGEN or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not REGEN:
-            pytest.fail(f"created missing golden file {path}; check it in")
-    expected = path.read_text()
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            str(path), "this run", n=1))
-        pytest.fail(f"app trace differs (TRACKER_REGEN_GOLDEN=1 to accept):\n{diff[:4000]}")
+    check_golden(GOLDEN / f"{name}.txt", text, "app trace")

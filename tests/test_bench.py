@@ -107,6 +107,8 @@ def test_bench_config_is_a_valid_tracker_config(tmp_path: Path) -> None:
     assert cfg.aws.port == 18883 and cfg.aws.endpoint == "localhost"
     assert cfg.debug.clock_speed == 75.0
     assert cfg.device.thing_name == bench_plan.THING
+    # a recording keeps its own dates, and a bench never sets the machine's clock
+    assert cfg.gps.date_floor == "1999-08-22" and not cfg.device.set_clock
 
 
 def test_status_line_is_quiet_when_not_a_terminal() -> None:
@@ -156,3 +158,5 @@ def test_a_short_drive_with_an_outage_and_a_kill_loses_no_fix(tmp_path: Path) ->
     assert summary["seconds_in_state"]["reporting"] > 0
     for name in ("track.gpx", "track.geojson", "track.svg", "timeline.svg", "tracker.log"):
         assert (out / name).stat().st_size > 0, name
+    # the cloud saw the drive on the day it was recorded, not a week-rollover guess
+    assert "<time>2005-09-26T00:17" in (out / "track.gpx").read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
+from support.daemon import daemon_config
 from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
 from support.subscriber import Subscriber
 
@@ -31,34 +32,11 @@ SPEED = 25
 
 
 def write_config(path: Path, broker: Broker, gps: FakeGps, spool: Path) -> None:
-    aws = broker.aws_config()
-    path.write_text(f"""
-[device]
-thing_name = "{broker.pki.thing_name}"
-set_clock = false
-[aws]
-endpoint = "{aws.endpoint}"
-port = {aws.port}
-cert = "{aws.cert}"
-key = "{aws.key}"
-ca = "{aws.ca}"
-flow_control = false
-[gps]
-url = "{gps.path}"
-detect_baud = false
-date_floor = "1999-08-22"
-[spool]
-path = "{spool}"
-[policy]
-condition_interval_s = 60
-[power]
-gps = "sim://"
-[sensors]
-battery = "sim://?percent=77"
-temperature = "sim://?temp=30"
-[debug]
-clock_speed = {SPEED}
-""")
+    path.write_text(daemon_config(broker, gps.path, spool, {
+        "policy": {"condition_interval_s": 60},
+        "sensors": {"battery": "sim://?percent=77", "temperature": "sim://?temp=30"},
+        "debug": {"clock_speed": SPEED},
+    }))  # fmt: skip
 
 
 def opened_by(pid: int, device: str) -> bool:

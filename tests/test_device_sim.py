@@ -11,15 +11,14 @@ Each run is compared with tests/data/golden/device/NAME.txt; TRACKER_REGEN_GOLDE
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import golden
 
 from tracker.clock import FakeClock
 from tracker.config import PolicyConfig
@@ -30,7 +29,6 @@ from tracker.machine import Device, State
 DATA = Path(__file__).parent / "data"
 NMEA = DATA / "nmea"
 GOLDEN = DATA / "golden" / "device"
-REGEN = os.environ.get("TRACKER_REGEN_GOLDEN") == "1"
 
 
 @dataclass
@@ -133,23 +131,7 @@ def run_summary(run: Run) -> Run:
 
 def check_golden(name: str, run: Run) -> None:
     text = "\n".join(run.trace.lines) + "\n"
-    path = GOLDEN / f"{name}.txt"
-    if REGEN or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not REGEN:
-            pytest.fail(f"created missing golden file {path}; check it in")
-    expected = path.read_text()
-    if text != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(True), text.splitlines(True), str(path), "this run", n=2
-            )
-        )
-        pytest.fail(
-            f"device trace differs from {path.name} "
-            f"(TRACKER_REGEN_GOLDEN=1 to accept):\n{diff[:4000]}"
-        )
+    golden.check_golden(GOLDEN / f"{name}.txt", text, "device trace")
 
 
 def recording(rel: str) -> list[Epoch]:
