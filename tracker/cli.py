@@ -19,7 +19,7 @@ from tracker.errors import TrackerError
 COMMANDS = {
     "replay": "tracker.replay",
     "decode": "tracker.decode",
-    "run": "tracker.app",
+    "run": "tracker.daemon",
     "check": "tracker.check",
 }
 

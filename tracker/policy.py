@@ -21,6 +21,7 @@ from tracker.config import PolicyConfig
 from tracker.fix import Fix, distance_m
 
 TRIGGERS = ("first", "start", "stop", "distance", "heading", "interval", "heartbeat")
+PARKED_FAST_FIXES = 3  # fixes in a row above moving speed that wake a parked device
 
 
 def heading_change(a: float, b: float) -> float:
@@ -155,6 +156,40 @@ class ReportPolicy:
         if trigger == self.pending:
             self.pending = None
         self._heading_ref = fix.course if self._has_course(fix) else None
+
+
+class ParkedWatch:
+    """GPS as the motion sensor in low power: a receiver that keeps sending fixes (no power
+    control, or one that ignores standby) wakes the device when it leaves the parked circle."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        self.cfg = cfg
+        self.parked_at: Fix | None = None  # first fix seen in low power
+        self.fast = 0  # fixes in a row faster than moving_speed_mps while parked
+        self.moved_m = 0.0  # distance from where it parked, as of the last fix fed
+
+    def reconfigure(self, cfg: PolicyConfig) -> None:
+        self.cfg = cfg
+
+    def reset(self) -> None:
+        """Forget where it parked (awake, or too low on battery to watch)."""
+        self.parked_at = None
+
+    def feed(self, fix: Fix | None) -> bool:
+        """True when `fix` shows the parked asset moving: wake the device."""
+        p = self.cfg
+        if fix is None or (fix.hdop is not None and fix.hdop > p.max_hdop):
+            return False
+        if self.parked_at is None:
+            self.parked_at, self.fast = fix, 0
+            return False
+        self.moved_m = distance_m(self.parked_at.lat, self.parked_at.lon, fix.lat, fix.lon)
+        # a parked receiver's speed jitters past the threshold now and then: want it sustained
+        self.fast = self.fast + 1 if (fix.speed or 0.0) > p.moving_speed_mps else 0
+        if self.moved_m > p.still_radius_m or self.fast >= PARKED_FAST_FIXES:
+            self.parked_at = None
+            return True
+        return False
 
 
 def _seconds(later: datetime, earlier: datetime) -> float:

@@ -1,0 +1,103 @@
+"""GPS time carried on the monotonic clock, the unset-clock rule, and GPS as a motion sensor."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from tracker.clock import FakeClock
+from tracker.config import PolicyConfig
+from tracker.fix import Fix
+from tracker.gpstime import GpsTime
+from tracker.policy import ParkedWatch
+
+GPS = datetime(2027, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+OLD = datetime(2005, 9, 26, 0, 0, 0, tzinfo=timezone.utc)
+
+
+def test_gps_time_runs_on_from_the_last_epoch() -> None:
+    clock = FakeClock()
+    gt = GpsTime(clock, set_clock=False)
+    assert gt.now() is None
+    gt.seen(GPS, has_fix=False)
+    clock.advance(90.5)
+    assert gt.now() == GPS + timedelta(seconds=90.5)
+
+
+class ClockSetter:
+    """The board's real-time clock: read and set through `time`, which tests must not touch."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, now: float, fail: bool = False) -> None:
+        self.now, self.fail = now, fail
+        self.calls: list[float] = []
+        monkeypatch.setattr(time, "time", lambda: self.now)
+        monkeypatch.setattr(time, "clock_settime", self.settime)
+
+    def settime(self, which: Any, t: float) -> None:
+        if self.fail:
+            raise PermissionError(1, "Operation not permitted")
+        self.calls.append(t)
+
+
+def test_an_unset_clock_is_set_from_the_first_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    board = ClockSetter(monkeypatch, now=3600.0)  # booted without an RTC: 1970
+    gt = GpsTime(FakeClock(), set_clock=True)
+    gt.seen(GPS, has_fix=False)
+    assert board.calls == []  # a time without a fix is not trusted
+    gt.seen(GPS, has_fix=True)
+    assert board.calls == [GPS.timestamp()]
+
+
+@pytest.mark.parametrize(
+    ("board_now", "gps", "set_clock"),
+    [
+        (GPS.timestamp() - 5, GPS, True),  # the clock is already plausible: NTP's job
+        (3600.0, OLD, True),  # a replayed old recording never moves the clock
+        (3600.0, GPS, False),  # turned off
+    ],
+)
+def test_the_clock_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, board_now: float, gps: datetime, set_clock: bool
+) -> None:
+    board = ClockSetter(monkeypatch, now=board_now)
+    GpsTime(FakeClock(), set_clock=set_clock).seen(gps, has_fix=True)
+    assert board.calls == []
+
+
+def test_no_privilege_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ClockSetter(monkeypatch, now=3600.0, fail=True)
+    gt = GpsTime(FakeClock(), set_clock=True)
+    for _ in range(3):
+        gt.seen(GPS, has_fix=True)
+    warnings = [r for r in caplog.records if "CAP_SYS_TIME" in r.message]
+    assert len(warnings) == 1
+
+
+def fix(metres_north: float, speed: float = 0.0, hdop: float = 0.9) -> Fix:
+    return Fix(time=GPS, lat=48.0 + metres_north / 111_195.0, lon=8.0, speed=speed, hdop=hdop)
+
+
+def test_parked_jitter_does_not_wake_but_leaving_the_circle_does() -> None:
+    watch = ParkedWatch(PolicyConfig())  # still radius 30 m, moving speed 1.5 m/s
+    assert watch.feed(fix(0)) is False  # where it parked
+    assert not any(watch.feed(fix(m)) for m in (5, -8, 12, 3))
+    assert watch.feed(fix(2, speed=1.8)) is False  # one speed spike is jitter
+    assert watch.feed(fix(45)) is True
+    assert watch.parked_at is None and watch.moved_m == pytest.approx(45, abs=0.5)
+
+
+def test_sustained_speed_wakes_before_the_circle_is_left() -> None:
+    watch = ParkedWatch(PolicyConfig())
+    watch.feed(fix(0))
+    assert [watch.feed(fix(1 + i, speed=2.5)) for i in range(3)] == [False, False, True]
+
+
+def test_a_bad_fix_is_not_evidence_of_motion() -> None:
+    watch = ParkedWatch(PolicyConfig())
+    watch.feed(fix(0))
+    assert watch.feed(fix(500, hdop=20.0)) is False  # worse than max_hdop: ignored

@@ -1,0 +1,74 @@
+"""The process entry for `tracker run`: builds the real parts named by the config, turns signals
+into events and runs the loop (`tracker.app`). Imports hw and `tracker.uplink` only when building.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from typing import Any
+
+from tracker import config as config_mod
+from tracker import events as ev
+from tracker.app import App, Parts
+from tracker.systemd import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def build_parts(app: App) -> Parts:
+    """The real parts named by the config; each imported only when chosen."""
+    from hw.gps import GpsReader
+    from hw.power import open_power
+    from hw.sensors import open_battery, open_motion, open_temperature
+    from tracker.uplink import Uplink
+
+    cfg = app.cfg
+    uplink = Uplink(cfg.aws, cfg.device.thing_name, app.post)
+    gps = GpsReader(
+        cfg.gps.url,
+        on_data=app.on_gps_bytes,
+        on_status=lambda up, detail: app.post(ev.GpsPort(up, detail)),
+        baudrate=cfg.gps.baudrate,
+        detect_baud=cfg.gps.detect_baud,
+        timeout=None,  # block until bytes come: a receiver in standby costs no wake-ups
+    )
+    power = open_power(cfg.power.gps, write=gps.write)
+    motion = open_motion(cfg.sensors.motion, lambda: app.post(ev.Motion()))
+    return Parts(
+        uplink=uplink,
+        gps=gps,
+        power=power,
+        battery=open_battery(cfg.sensors.battery, clock=app.clock),
+        temperature=open_temperature(cfg.sensors.temperature),
+        motion=motion,
+    )
+
+
+def install_signals(post: ev.Post) -> None:
+    """Signals become events; the handler only posts (SimpleQueue.put is reentrant)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, lambda s, _f: post(ev.SignalReceived(s)))
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tracker run --config FILE`."""
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.gps_url:
+        overrides["gps"] = {"url": args.gps_url}
+    if args.log_level:
+        overrides["log"] = {"level": args.log_level}
+    cfg = config_mod.load(args.config, overrides=overrides)
+    setup_logging(cfg.log.level)
+    app = App(cfg, config_path=args.config)
+    install_signals(app.post)
+    try:
+        app.attach(build_parts(app))
+        app.run()
+    finally:
+        started = time.monotonic()
+        app.shutdown()
+        log.debug("shutdown took %.2f s", time.monotonic() - started)
+    return 0

@@ -1,0 +1,207 @@
+"""Everything the daemon's loop sends and receives over MQTT: the forwarder, control messages
+(conditions, shadow), link up/down and closing the link in low power. Must not import awsiot or
+awscrt (the uplink is passed in), serial or hw.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tracker import codec
+from tracker.clock import Clock
+from tracker.config import Config
+from tracker.forward import Forwarder
+from tracker.shadow import ShadowSync
+from tracker.spool import Spool
+
+log = logging.getLogger(__name__)
+
+LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long after asking
+
+
+class Publisher(Protocol):
+    def start(self) -> None: ...
+    def subscribe(self, topic: str) -> None: ...
+    def publish(self, topic: str, payload: bytes) -> int: ...
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+class Link:
+    """The loop's side of the MQTT link; every method runs on the loop.
+
+    `timers` is the loop's timer table: the link sets and clears "link_close" in it, and the loop
+    calls `close` when that is due (or earlier, once `idle`)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        thing: str,
+        shadow: ShadowSync,
+        spool: Spool,
+        clock: Clock,
+        timers: dict[str, float],
+        on_config: Callable[[Config], None],
+    ) -> None:
+        self.cfg = cfg
+        self.thing = thing
+        self.shadow = shadow
+        self.spool = spool
+        self.clock = clock
+        self.timers = timers
+        self.on_config = on_config
+        self.uplink: Publisher | None = None
+        self.forwarder: Forwarder | None = None
+        self.up = False
+        self.closed = False  # closed for low power
+        self.wanted = True
+        self.drops = 0
+        self.pending_condition: bytes | None = None
+        self.control_tokens: set[int] = set()
+
+    def attach(self, uplink: Publisher) -> None:
+        """Start sending the spool through `uplink`; subscribe to the shadow and connect."""
+        self.uplink = uplink
+        self.forwarder = Forwarder(
+            self.spool,
+            uplink,
+            self.cfg.aws.topic(self.thing, "location"),
+            window=self.cfg.aws.window,
+            batch_bytes=self.cfg.aws.batch_bytes,
+            clock=self.clock,
+        )
+        for topic in self.shadow.topics():
+            uplink.subscribe(topic)
+        uplink.start()
+
+    def reconfigure(self, new: Config) -> None:
+        """Settings that apply without a restart: the batch size."""
+        old = self.cfg
+        self.cfg = new
+        if self.forwarder is not None and new.aws.batch_bytes != old.aws.batch_bytes:
+            self.forwarder.batch_bytes = new.aws.batch_bytes
+
+    def replace_shadow(self, shadow: ShadowSync) -> None:
+        """A reloaded config comes with its own shadow state; report it at once when up."""
+        self.shadow = shadow
+        if self.up:
+            self.publish(shadow.on_connected())
+
+    # ---- sending ------------------------------------------------------------------------------
+    def condition(self, fields: dict[str, Any]) -> None:
+        """Send a condition message and the shadow's status summary, or keep it for the link."""
+        payload = codec.encode_condition(fields)
+        if not self.up:
+            self.pending_condition = payload  # only the latest matters; sent on reconnect
+            return
+        self.publish([(self.cfg.aws.topic(self.thing, "condition"), payload)])
+        battery = fields["battery"] or {}
+        summary = {
+            "state": fields["state"],
+            "backlog": fields["spool"]["backlog"],
+            "battery_pct": battery.get("percent"),
+            "last_fix_age_s": fields["gps"]["last_fix_age_s"],
+        }
+        self.publish(self.shadow.report_status(summary))
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        """Control messages (conditions, shadow): QoS 1 while the link is up, not spooled."""
+        if self.uplink is None or not self.up:
+            return
+        for topic, payload in messages:
+            self.control_tokens.add(self.uplink.publish(topic, payload))
+
+    def pump(self) -> None:
+        if self.up and self.forwarder is not None:
+            self.forwarder.pump()
+
+    def wake_at(self) -> float | None:
+        """When the forwarder next wants to run (a resend), or None."""
+        return self.forwarder.wake_at() if self.forwarder else None
+
+    # ---- events -------------------------------------------------------------------------------
+    def on_puback(self, token: int) -> None:
+        if token in self.control_tokens:
+            self.control_tokens.discard(token)
+        elif self.forwarder:
+            self.forwarder.on_puback(token)
+        self.pump()
+
+    def on_failed(self, token: int, reason: str) -> None:
+        if token in self.control_tokens:
+            self.control_tokens.discard(token)
+        elif self.forwarder:
+            log.warning("publish failed, will resend: %s", reason)
+            self.forwarder.on_failed(token)
+
+    def on_link(self, up: bool, reason: str) -> None:
+        if up == self.up:
+            return
+        self.up = up
+        log.info("link %s%s", "up" if up else "down", f": {reason}" if reason and not up else "")
+        if self.forwarder is None:
+            return
+        if up:
+            self.forwarder.link_up()
+            self.publish(self.shadow.on_connected())
+            if self.pending_condition is not None:
+                topic = self.cfg.aws.topic(self.thing, "condition")
+                self.publish([(topic, self.pending_condition)])
+                self.pending_condition = None
+            self.pump()
+        else:
+            self.drops += 1
+            self.control_tokens.clear()
+            self.shadow.on_disconnected()
+            self.forwarder.link_down()
+
+    def on_inbound(self, topic: str, payload: bytes) -> None:
+        if not topic.startswith(self.shadow.prefix + "/"):
+            log.debug("message on unexpected topic %s ignored", topic)
+            return
+        result = self.shadow.on_message(topic, payload)
+        self.publish(result.publish)
+        if result.config is not None:
+            self.on_config(result.config)
+            applied = ", ".join(f"{k}={v}" for k, v in result.applied.items())
+            log.info("remote settings applied: %s", applied or "none")
+        for key, why in result.rejected.items():
+            log.warning("remote setting %s refused: %s", key, why)
+
+    # ---- low power ----------------------------------------------------------------------------
+    def want(self, wanted: bool) -> None:
+        """Low power may close the link: once what is in flight is acknowledged, or after
+        LINK_CLOSE_GRACE_S at the latest; waking opens it again."""
+        self.wanted = wanted
+        if self.uplink is None or not self.cfg.power.close_link:
+            return
+        if wanted:
+            self.timers.pop("link_close", None)
+            if self.closed:
+                self.closed = False
+                log.info("opening the link again")
+                self.uplink.start()
+        elif not self.closed:
+            self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
+
+    def idle(self) -> bool:
+        """Nothing the broker still has to acknowledge."""
+        busy = self.forwarder is not None and self.forwarder.stats().in_flight > 0
+        return not self.control_tokens and not busy
+
+    def close(self) -> None:
+        self.timers.pop("link_close", None)
+        if self.uplink is None or self.closed:
+            return
+        self.closed = True
+        log.info("closing the link for low power")
+        self.on_link(False, "closed for low power")
+        self.uplink.stop(timeout=3.0)
+
+    def shutdown(self) -> None:
+        """Disconnect; what is in flight goes back to ready in the spool."""
+        if self.uplink is not None:
+            self.uplink.stop(timeout=3.0)
+        if self.forwarder is not None:
+            self.forwarder.link_down()
