@@ -23,7 +23,7 @@ from tracker import config
 from tracker.app import App, Parts, make_decoder
 from tracker.clock import FakeClock
 from tracker.epoch import Epoch
-from tracker.errors import HardwareError
+from tracker.errors import HardwareError, UplinkError
 from tracker.events import GpsEpoch, GpsPort, Inbound, LinkDown, LinkUp, SignalReceived
 from tracker.machine import State
 from tracker.spool import Spool
@@ -338,3 +338,23 @@ def test_a_power_command_that_cannot_be_sent_yet_is_sent_when_the_port_opens(
     assert power.sent == [True]
     app.shutdown()
     assert power.sent == [True, False]  # standby before the port closes
+
+
+def test_a_link_that_cannot_reopen_on_waking_is_retried(harness: Harness) -> None:
+    harness.event(LinkUp())
+    harness.play("signalk/gps.log")
+    assert harness.app.link_closed
+    uplink = harness.uplink
+    real_start, failures = uplink.start, [1]
+
+    def start() -> None:
+        if failures:
+            failures.pop()
+            raise UplinkError("[aws] key file /etc/tracker/device.key is not readable by this user")
+        real_start()
+
+    uplink.start = start  # type: ignore[method-assign]
+    harness.event(SignalReceived(signal.SIGUSR1))  # wake: the link is wanted again
+    assert harness.app.link_closed and not harness.app.link_up  # the first try failed
+    harness.advance_to(harness.clock.monotonic() + 61)
+    assert not harness.app.link_closed and harness.app.link_up and uplink.restarts == 1

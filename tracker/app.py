@@ -183,6 +183,9 @@ class App:
     def _timer_link_close(self, now: float) -> None:
         self.mqtt.close()
 
+    def _timer_link_open(self, now: float) -> None:
+        self.mqtt.reopen()
+
     # ---- the loop -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         deadlines = [*self.timers.values(), self.device.next_deadline(), self.mqtt.wake_at()]

@@ -99,7 +99,7 @@ class Forwarder:
         # records to read for the next batch; adapts to what fits (a packed row takes ~15 bytes)
         self._take = max(8, self._batch_bytes // 10)
         self._failures = 0
-        self._hold_until = 0.0
+        self._hold_until: float | None = None  # paused after a failure; cleared by `pump()`
         self._n = dict.fromkeys(
             (
                 "messages_sent",
@@ -134,7 +134,7 @@ class Forwarder:
         """The connection is up: sending may start (call `pump()`)."""
         self._linked = True
         self._failures = 0
-        self._hold_until = 0.0
+        self._hold_until = None
 
     def link_down(self) -> None:
         """The connection is lost: every record in flight is ready again in the spool."""
@@ -174,13 +174,20 @@ class Forwarder:
         self._hold_until = self._clock.monotonic() + delay
 
     def wake_at(self) -> float | None:
-        """When `pump()` should run again after a failure pause (monotonic time), if paused."""
-        return self._hold_until if self._hold_until > self._clock.monotonic() else None
+        """When `pump()` must run to resend after a failure pause (monotonic time), if paused.
+
+        Stays set, even once due, until a `pump()` ends the pause: nothing else may come to
+        pump (no new fix, no PUBACK) and the released records must not wait for it."""
+        return self._hold_until if self._linked else None
 
     def pump(self) -> None:
         """Fill the window: the newest unsent fix first as a live message, then the backlog."""
-        if not self._linked or self._clock.monotonic() < self._hold_until:
+        if not self._linked:
             return
+        if self._hold_until is not None:
+            if self._clock.monotonic() < self._hold_until:
+                return
+            self._hold_until = None
         if self._room() > 0:
             self._send_live()
         while self._room() > 0 and self._send_batch():

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from tracker import codec
 from tracker.clock import Clock
 from tracker.config import Config
+from tracker.errors import TrackerError
 from tracker.forward import Forwarder
 from tracker.shadow import ShadowSync
 from tracker.spool import Spool
@@ -19,6 +20,7 @@ from tracker.spool import Spool
 log = logging.getLogger(__name__)
 
 LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long after asking
+LINK_REOPEN_S = 60.0  # retry period when reopening the link fails
 
 
 class Publisher(Protocol):
@@ -118,7 +120,7 @@ class Link:
 
     def wake_at(self) -> float | None:
         """When the forwarder next wants to run (a resend), or None."""
-        return self.forwarder.wake_at() if self.forwarder else None
+        return self.forwarder.wake_at() if self.forwarder and self.up else None
 
     # ---- events -------------------------------------------------------------------------------
     def on_puback(self, token: int) -> None:
@@ -179,16 +181,30 @@ class Link:
         if wanted:
             self.timers.pop("link_close", None)
             if self.closed:
-                self.closed = False
-                log.info("opening the link again")
-                self.uplink.start()
+                self.reopen()
         elif not self.closed:
             self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
 
+    def reopen(self) -> None:
+        """Open the link closed for low power; a failure (a credential file unreadable just
+        now) is retried every LINK_REOPEN_S while the device stays awake."""
+        self.timers.pop("link_open", None)
+        if self.uplink is None or not self.closed or not self.wanted:
+            return
+        log.info("opening the link again")
+        try:
+            self.uplink.start()
+        except TrackerError as exc:
+            log.error("cannot open the link: %s; trying again in %.0f s", exc, LINK_REOPEN_S)
+            self.timers["link_open"] = self.clock.monotonic() + LINK_REOPEN_S
+            return
+        self.closed = False
+
     def idle(self) -> bool:
-        """Nothing the broker still has to acknowledge."""
+        """Nothing the broker still has to acknowledge, nor any fix still to send (a failed
+        publish waits out its pause with nothing in flight)."""
         busy = self.forwarder is not None and self.forwarder.stats().in_flight > 0
-        return not self.control_tokens and not busy
+        return not self.control_tokens and not busy and self.spool.stats().backlog == 0
 
     def close(self) -> None:
         self.timers.pop("link_close", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tracker.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed
 
 MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit, Basic Ingest prefix included
 PING_TIMEOUT_MS = 30_000
+ACK_TIMEOUT_S = 60  # seconds to wait for a PUBACK before the SDK fails the publish
 # CONNACK reason codes that retrying with the same credentials cannot fix
 _FATAL_CONNACK = {
     mqtt5.ConnectReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
@@ -91,6 +93,8 @@ class Uplink:
         self._tokens = itertools.count(1)
         self._stopped = threading.Event()
         self._connected_once = False  # written by SDK callbacks only
+        self._gen = 0  # which start() the current client comes from
+        self._gen_lock = threading.RLock()  # held while a lifecycle event is posted
         self._topics: list[str] = []
 
     @property
@@ -115,6 +119,9 @@ class Uplink:
             if aws.session_expiry_s
             else mqtt5.ClientSessionBehaviorType.CLEAN
         )
+        with self._gen_lock:
+            self._gen += 1
+            gen = self._gen
         try:
             client = mqtt5_client_builder.mtls_from_path(
                 cert_filepath=aws.cert,
@@ -125,6 +132,9 @@ class Uplink:
                 client_id=self._thing,
                 keep_alive_interval_sec=aws.keepalive_s,
                 ping_timeout_ms=min(PING_TIMEOUT_MS, (aws.keepalive_s - 1) * 1000),
+                # a PUBACK that never comes on a live connection must not hold a window slot
+                # forever: the publish fails, its fixes go back to the spool and out again
+                ack_timeout_sec=ACK_TIMEOUT_S,
                 session_behavior=session,
                 session_expiry_interval_sec=aws.session_expiry_s or None,
                 extended_validation_and_flow_control_options=flow,
@@ -133,10 +143,10 @@ class Uplink:
                 max_reconnect_delay_ms=self._reconnect_ms[1],
                 enable_metrics_collection=False,
                 on_publish_received=self._on_publish_received,
-                on_lifecycle_connection_success=self._on_connection_success,
-                on_lifecycle_connection_failure=self._on_connection_failure,
-                on_lifecycle_disconnection=self._on_disconnection,
-                on_lifecycle_stopped=self._on_stopped,
+                on_lifecycle_connection_success=self._current(gen, self._on_connection_success),
+                on_lifecycle_connection_failure=self._current(gen, self._on_connection_failure),
+                on_lifecycle_disconnection=self._current(gen, self._on_disconnection),
+                on_lifecycle_stopped=self._current(gen, self._on_stopped),
             )
         except (OSError, RuntimeError, ValueError, TypeError) as exc:
             raise UplinkError(
@@ -181,6 +191,18 @@ class Uplink:
         self._stopped.wait(timeout)
 
     # SDK callbacks: they run on the SDK's event-loop thread; build an event and post it.
+
+    def _current(self, gen: int, fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        """`fn`, run only while the client of start number `gen` is the newest one: a stopped
+        client's late LinkUp or LinkDown (after `stop()` timed out) must not describe the
+        client that replaced it. Publish outcomes always pass: their tokens are never reused."""
+
+        def call(data: Any) -> None:
+            with self._gen_lock:
+                if gen == self._gen:
+                    fn(data)
+
+        return call
 
     def _send_subscribe(self, topics: list[str]) -> None:
         client = self._client
