@@ -33,7 +33,9 @@ def parse_url(url: str) -> tuple[str, int]:
         port = parts.port
     except ValueError as exc:
         raise SerialException(f"gpsd URL port must be a number 1-65535, got {url!r}") from exc
-    return parts.hostname or DEFAULT_HOST, port or DEFAULT_PORT
+    if port == 0:
+        raise SerialException(f"gpsd URL port must be a number 1-65535, got {url!r}")
+    return parts.hostname or DEFAULT_HOST, DEFAULT_PORT if port is None else port
 
 
 def split_nmea(buffer: bytearray) -> bytes:

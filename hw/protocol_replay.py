@@ -19,6 +19,7 @@ from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 SECONDS_PER_DAY = 86400.0
 DEFAULT_MAX_GAP = 2.0
 _MAX_BUFFER = 65536  # due bytes held at most before a read takes them
+MAX_RECORDING = 64 << 20  # held in memory whole: a bigger file (or /dev/zero) would exhaust it
 # A sentence whose first field (RMC, GGA, GNS, ZDA) or fifth field (GLL) is the UTC time of day.
 _TIMED = re.compile(rb"[$!][A-Z]{2}(RMC|GGA|GNS|ZDA|GLL),([^*\r\n]*)")
 _HHMMSS = re.compile(rb"(\d\d)(\d\d)(\d\d(?:\.\d+)?)")
@@ -158,12 +159,19 @@ class Serial(SerialBase):  # type: ignore[misc]
         options = parse_url(self._port)
         try:
             with open(options.path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_RECORDING + 1)
+        except ValueError:  # a NUL in the path
+            raise SerialException(f"replay path {options.path!r} holds a NUL character") from None
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise SerialException(
                 f"cannot read recording {options.path}: {reason}; check the file path in [gps] url"
             ) from exc
+        if len(data) > MAX_RECORDING:
+            raise SerialException(
+                f"recording {options.path} is over {MAX_RECORDING >> 20} MB: split it into "
+                "smaller files"
+            )
         self._lines = split_recording(data)
         self._offsets = pacing(
             [line_time(line) for line in self._lines], speed=options.speed, max_gap=options.max_gap

@@ -165,9 +165,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked; without a fault option, the default outage and kills."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not Path(args.recording).is_file():
-        parser.error(f"recording {args.recording} not found")
-    length = schedule(Path(args.recording).read_bytes(), 1.0).length
+    recording = Path(args.recording)
+    if recording.is_dir():
+        parser.error(f"recording {recording} is a directory; pass an NMEA file")
+    try:
+        length = schedule(recording.read_bytes(), 1.0).length
+    except FileNotFoundError:
+        parser.error(f"recording {recording} not found")
+    except OSError as exc:
+        parser.error(f"recording {recording} cannot be read: {exc.strerror or exc}")
+    if length <= 0:
+        parser.error(
+            f"recording {recording} has no two timed NMEA sentences (RMC, GGA, GLL, GNS, ZDA) "
+            "to replay: pass an NMEA log"
+        )
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be more than 0 s")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; pass a folder for the report")
+    if args.kill < 0:
+        parser.error("--kill must be 0 or more")
     if not args.outage and not args.kill and not args.no_faults:
         # by default show store and forward at work: one broker outage, two crashes; on a
         # recording shorter than the default outage's start, at the same share of it

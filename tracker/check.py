@@ -84,7 +84,14 @@ def check_config(path: Path, environ: dict[str, str]) -> tuple[list[Result], dic
         ], {}
     except PermissionError:
         return [Result(FAIL, "config", f"{path} is not readable by this user; run as root")], {}
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        return [Result(FAIL, "config", f"{path} is a directory; pass --config FILE")], {}
+    except OSError as exc:
+        return [Result(FAIL, "config", f"{path} cannot be read: {exc.strerror or exc}")], {}
+    except UnicodeDecodeError:
+        detail = f"{path} is not UTF-8 text (a binary file?); pass the TOML config"
+        return [Result(FAIL, "config", detail)], {}
+    except tomllib.TOMLDecodeError as exc:
         return [Result(FAIL, "config", f"{path} is not valid TOML: {exc}")], {}
     doc = tconfig.merge(doc, tconfig.env_overrides(environ))
     errors: list[str] = []

@@ -8,6 +8,7 @@ defaults. Standard library only; must not import the SDK or serial.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -25,6 +26,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 THING_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit for a topic name
+MAX_TOPIC_SLASHES = 7  # AWS IoT Core's limit, not counting Basic Ingest's $aws/rules/RULE/
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 RULE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
 DEFAULT_CONFIG = "/etc/tracker/tracker.toml"
@@ -248,6 +252,12 @@ SECTION_TYPES: dict[str, type[Any]] = {
 }
 
 
+def shown(value: Any, limit: int = 40) -> str:
+    """A value as an error message echoes it: its repr, cut to one short piece."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
     """Validate one value against its field's type and bounds; return it converted."""
     key = f"[{section}] {f.name}"
@@ -255,12 +265,14 @@ def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
     kind: type[Any] = str if default is REQUIRED else type(default)
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, not {value!r}")
+            raise ConfigError(f"{key} must be true or false, not {shown(value)}")
     elif kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, not {value!r}")
+            raise ConfigError(f"{key} must be a number, not {shown(value)}")
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{key} must be a number, not nan")
         if kind is int and not (isinstance(value, int) or float(value).is_integer()):
-            raise ConfigError(f"{key} must be a whole number, not {value!r}")
+            raise ConfigError(f"{key} must be a whole number, not {shown(value)}")
         value = kind(value)
         lo, hi, unit = f.metadata["lo"], f.metadata["hi"], f.metadata["unit"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -268,10 +280,14 @@ def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
                 f"{key} = {value} is out of range: allowed {lo} to {hi} {unit}".rstrip()
             )
     elif not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, not {value!r}")
+        raise ConfigError(f"{key} must be a string, not {shown(value)}")
+    elif CONTROL_RE.search(value):
+        raise ConfigError(
+            f"{key} = {shown(value)} holds a control character (NUL, newline, tab...): remove it"
+        )
     choices = f.metadata["choices"]
     if choices and value not in choices:
-        raise ConfigError(f"{key} = {value!r} is not one of: {', '.join(choices)}")
+        raise ConfigError(f"{key} = {shown(value)} is not one of: {', '.join(choices)}")
     return value
 
 
@@ -345,6 +361,19 @@ def validate(cfg: Config) -> None:
             f"[aws] topic_prefix {cfg.aws.topic_prefix!r} is invalid: use words of "
             "A-Z a-z 0-9 _ - separated by /, no wildcards or leading $"
         )
+    longest = cfg.aws.topic(cfg.device.thing_name, "condition")
+    if len(longest.encode()) > MAX_TOPIC_BYTES:
+        raise ConfigError(
+            f"[aws] topic_prefix makes topics of {len(longest.encode())} bytes, like "
+            f"{shown(longest)}; AWS IoT Core allows {MAX_TOPIC_BYTES}: shorten the prefix"
+        )
+    slashes = cfg.aws.topic_prefix.count("/") + 2  # PREFIX/THING/KIND
+    if slashes > MAX_TOPIC_SLASHES:
+        raise ConfigError(
+            f"[aws] topic_prefix {cfg.aws.topic_prefix!r} has too many levels: topics would "
+            f"hold {slashes} slashes, AWS IoT Core allows {MAX_TOPIC_SLASHES}; use at most "
+            f"{MAX_TOPIC_SLASHES - 1} levels"
+        )
     if cfg.aws.basic_ingest_rule and not RULE_NAME_RE.fullmatch(cfg.aws.basic_ingest_rule):
         raise ConfigError(
             f"[aws] basic_ingest_rule {cfg.aws.basic_ingest_rule!r} is invalid: "
@@ -384,6 +413,14 @@ def load(
         raise ConfigError(f"config file {file} not found; pass --config FILE") from None
     except PermissionError:
         raise ConfigError(f"config file {file} is not readable by this user") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {file} is a directory; pass --config FILE") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {file} is not UTF-8 text (a binary file?); pass the TOML config"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
     doc = merge(doc, env_overrides(environ), overrides or {})

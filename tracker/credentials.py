@@ -41,9 +41,14 @@ class Verdict:
     detail: str
 
 
-def _read(path: str | Path, what: str) -> bytes:
+MAX_PEM_BYTES = 1 << 20  # certificate bundles are a few KB; anything this big is another file
+
+
+def read_pem_file(path: str | Path, what: str) -> bytes:
+    """A credential file's bytes; ProvisionError names the file and why it cannot be used."""
     try:
-        return Path(path).read_bytes()
+        with Path(path).open("rb") as fh:
+            data = fh.read(MAX_PEM_BYTES + 1)
     except FileNotFoundError:
         raise ProvisionError(f"{what} {path} does not exist") from None
     except PermissionError:
@@ -52,6 +57,13 @@ def _read(path: str | Path, what: str) -> bytes:
         raise ProvisionError(f"{what} {path} is a directory, not a file") from None
     except OSError as exc:
         raise ProvisionError(f"{what} {path} cannot be read: {exc.strerror}") from exc
+    except ValueError:  # a NUL in the path
+        raise ProvisionError(f"{what} path {path!r} holds a NUL character") from None
+    if not data:
+        raise ProvisionError(f"{what} {path} is empty; pass the PEM file")
+    if len(data) > MAX_PEM_BYTES:
+        raise ProvisionError(f"{what} {path} is over {MAX_PEM_BYTES >> 20} MB: not a PEM file")
+    return data
 
 
 def parse_certificate(data: bytes, source: str) -> x509.Certificate:
@@ -118,17 +130,17 @@ def parse_ca(data: bytes, source: str) -> list[x509.Certificate]:
 
 def load_certificate(path: str | Path, what: str = "certificate") -> x509.Certificate:
     """Read and parse a certificate file; ProvisionError names the file and the problem."""
-    return parse_certificate(_read(path, what), f"{what} {path}")
+    return parse_certificate(read_pem_file(path, what), f"{what} {path}")
 
 
 def load_private_key(path: str | Path, what: str = "private key") -> PrivateKey:
     """Read and parse an unencrypted private key file."""
-    return parse_private_key(_read(path, what), f"{what} {path}")
+    return parse_private_key(read_pem_file(path, what), f"{what} {path}")
 
 
 def load_ca(path: str | Path, what: str = "root CA") -> list[x509.Certificate]:
     """Read and parse a root CA bundle."""
-    return parse_ca(_read(path, what), f"{what} {path}")
+    return parse_ca(read_pem_file(path, what), f"{what} {path}")
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -286,6 +298,9 @@ def _file(name: str, value: object, out: list[Finding]) -> Path | None:
             (name, Verdict(FAIL, f"{path} does not exist; provision the board or fix [aws] {name}"))
         )
         return None
+    if path.is_dir():
+        out.append((name, Verdict(FAIL, f"{path} is a directory, not a file; fix [aws] {name}")))
+        return None
     if not path.is_file() or not os.access(path, os.R_OK):
         out.append((name, Verdict(FAIL, f"{path} is not a readable file; run as root")))
         return None
@@ -299,6 +314,19 @@ def _key_mode(path: Path) -> Verdict:
     if mode & 0o070:
         return Verdict(WARN, f"{path} is mode {mode:04o}, group-readable: chmod 600 {path}")
     return Verdict(OK, f"{path} is mode {mode:04o}")
+
+
+def _key_dir_mode(path: Path) -> Verdict | None:
+    """WARN when others may write the key's directory (and so swap or delete the key)."""
+    directory = path.resolve().parent
+    mode = directory.stat().st_mode & 0o7777
+    if mode & 0o022:
+        return Verdict(
+            WARN,
+            f"{directory} (holding the key) is mode {mode:04o}, writable by others who could "
+            f"replace the key: chmod 700 {directory}",
+        )
+    return None
 
 
 def check_files(
@@ -325,6 +353,9 @@ def check_files(
     cert = key = None
     if key_path:
         out.append(("key mode", _key_mode(key_path)))
+        dir_verdict = _key_dir_mode(key_path)
+        if dir_verdict is not None:
+            out.append(("key dir", dir_verdict))
         try:
             key = load_private_key(key_path, "key")
         except ProvisionError as exc:

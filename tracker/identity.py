@@ -51,8 +51,8 @@ class IssuedCertificate:
 
     certificate_id: str
     certificate_pem: str
-    ownership_token: str
-    private_key: str = ""
+    ownership_token: str = field(repr=False)  # secrets never reach a log or a traceback
+    private_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

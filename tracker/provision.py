@@ -109,6 +109,15 @@ def host_path(root: Path, board_path: str) -> Path:
     return root / PurePosixPath(board_path).relative_to("/")
 
 
+def check_root(root: Path) -> None:
+    """Raise ProvisionError when the staging root exists but is not a directory."""
+    if root.exists() and not root.is_dir():
+        raise ProvisionError(f"--root {root} is not a directory; pass the staging tree's folder")
+    for parent in root.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ProvisionError(f"--root {root} is under {parent}, which is not a directory")
+
+
 def service_owner(root: Path, name: str = SERVICE_USER) -> Owner | None:
     """The service user when it exists (in the staging root's /etc/passwd) and we are root."""
     if os.geteuid() != 0:
@@ -162,9 +171,17 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"setting value {value!r} must be a string, number or boolean")
 
 
+def _sections(settings: Settings) -> dict[str, dict[str, Any]]:
+    """A copy of `settings`; ConfigError when a section is not a table of keys."""
+    for name, body in settings.items():
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"setting {name} = {tconfig.shown(body)} must be a [{name}] table")
+    return {name: dict(body) for name, body in settings.items()}
+
+
 def render_config(bundle: Bundle) -> bytes:
     """The TOML config for the bundle, validated by the same loader the service uses."""
-    doc: dict[str, dict[str, Any]] = {k: dict(v) for k, v in bundle.settings.items()}
+    doc = _sections(bundle.settings)
     doc.setdefault("device", {})["thing_name"] = bundle.thing_name
     doc.setdefault("aws", {}).update(
         endpoint=bundle.endpoint, port=bundle.port, cert=CERT_FILE, key=KEY_FILE, ca=CA_FILE
@@ -185,16 +202,26 @@ def load_settings(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             doc: dict[str, Any] = tomllib.load(fh)
-            return doc
+    except IsADirectoryError:
+        raise ProvisionError(f"settings file {path} is a directory, not a file") from None
     except OSError as exc:
         raise ProvisionError(f"settings file {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise ProvisionError(f"settings file {path} is not UTF-8 text (a binary file?)") from None
+    except tomllib.TOMLDecodeError as exc:
         raise ProvisionError(f"settings file {path} is not valid TOML: {exc}") from exc
+    for section, body in doc.items():
+        if not isinstance(body, dict):
+            raise ProvisionError(
+                f"settings file {path}: {section} = {tconfig.shown(body)} is not a table; "
+                f"write it as [{section}] with its keys below"
+            )
+    return doc
 
 
 def parse_settings(pairs: list[str], base: Settings | None = None) -> dict[str, dict[str, Any]]:
     """`section.key=value` pairs (values parsed as TOML, else a bare string) over `base`."""
-    out: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
+    out = _sections(base or {})
     for pair in pairs:
         name, sep, text = pair.partition("=")
         section, dot, key = name.strip().partition(".")
@@ -212,8 +239,13 @@ def parse_settings(pairs: list[str], base: Settings | None = None) -> dict[str, 
 
 
 def _spool_dir(bundle: Bundle) -> str:
-    path = bundle.settings.get("spool", {}).get("path", tconfig.SpoolConfig().path)
-    return str(PurePosixPath(str(path)).parent)
+    path = _sections(bundle.settings).get("spool", {}).get("path", tconfig.SpoolConfig().path)
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(
+            f"[spool] path {tconfig.shown(path)} must be an absolute path on the board, "
+            "like /var/lib/tracker/spool.db"
+        )
+    return str(PurePosixPath(path).parent)
 
 
 def plan(bundle: Bundle, root: Path, owner: Owner | None) -> list[Change]:
@@ -317,7 +349,7 @@ def apply(changes: list[Change], owner: Owner | None) -> None:
                 os.link(final, backup)
             try:
                 os.replace(temp, final)
-            except OSError:
+            except BaseException:
                 if backup is not None:
                     backup.unlink(missing_ok=True)
                 raise
@@ -331,6 +363,9 @@ def apply(changes: list[Change], owner: Owner | None) -> None:
             f"cannot write {where}: {exc.strerror or exc}; nothing was changed (run as root, "
             "free some space or pick another --root)"
         ) from exc
+    except BaseException:  # Ctrl-C or a bug half-way: no stray key copies, nothing half-done
+        _undo(temps, backups, made_dirs)
+        raise
     for backup, _ in backups:
         if backup is not None:
             backup.unlink(missing_ok=True)
@@ -360,9 +395,10 @@ def installed_thing(root: Path) -> str | None:
     try:
         with path.open("rb") as fh:
             doc = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         return None
-    name = doc.get("device", {}).get("thing_name")
+    device = doc.get("device")
+    name = device.get("thing_name") if isinstance(device, dict) else None
     return name if isinstance(name, str) else None
 
 
@@ -382,6 +418,7 @@ def install(
             or a write failure; nothing is half-written.
     """
     now = now or dt.datetime.now(dt.timezone.utc)
+    check_root(root)
     warnings = check_bundle(bundle, now)
     who = service_owner(root) if owner == "auto" else owner
     assert not isinstance(who, str)

@@ -99,8 +99,14 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, NUL, escapes) shown as `?`: one log line."""
+    return config_mod.CONTROL_RE.sub("?", text)
+
+
 def clip_key(text: str) -> str:
-    """A key name cut to size, keeping its end too so that long names stay apart."""
+    """A key name cut to size, keeping its end too so that long names stay apart; printable."""
+    text = printable(text)
     return text if len(text) <= KEY_CLIP else f"{text[: KEY_CLIP - 21]}…{text[-20:]}"
 
 

@@ -28,6 +28,7 @@ from tracker.settings_store import (
     evaluate,
     in_force,
     load_persisted,
+    printable,
     save_persisted,
 )
 
@@ -35,6 +36,7 @@ log = logging.getLogger("tracker.shadow")
 
 SHADOW_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,64}")
 MAX_INBOUND = 128 * 1024  # AWS IoT Core's message size limit; anything bigger is not the shadow
+MAX_DEPTH = 32  # the shadow service allows 8 levels of state; metadata and wrappers add a few
 REPORT_LIMIT = 8 * 1024  # the shadow service's limit for one state document
 MAX_ERRORS = 10  # config_errors entries reported; one more line says how many were left out
 STATUS_KEYS = 16
@@ -81,7 +83,27 @@ def parse(payload: bytes) -> dict[str, Any]:
         raise ValueError("nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
+    if _depth(doc) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
     return doc
+
+
+def _depth(doc: Any) -> int:
+    """How deeply objects and arrays nest in `doc` (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _version(doc: Mapping[str, Any]) -> int | None:
@@ -241,12 +263,14 @@ class ShadowSync:
             if self._version is not None and version < self._version:
                 return self._ignore(kind, f"stale version {version} < {self._version}")
             return self._apply(state.get("desired", {}), version, state.get("reported", {}))
-        code, message = doc.get("code"), clip(str(doc.get("message", "")), 200)
+        raw_code = doc.get("code")
+        code = clip(printable(str(raw_code)), 16)
+        message = clip(printable(str(doc.get("message", ""))), 200)
         if kind == "get/rejected":
             if self._get_token is None or token != self._get_token:
                 return self._ignore(kind, "reply to another request")
             self._get_token = None
-            if code == 404:  # no shadow yet: our report creates it
+            if raw_code == 404:  # no shadow yet: our report creates it
                 return ShadowResult(publish=[self._report(self._full_reported())])
             log.warning("shadow get rejected: %s %s", code, message)
             return ShadowResult(ignored=f"get rejected: {code} {message}")
