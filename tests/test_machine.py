@@ -409,3 +409,14 @@ def test_mermaid_and_trigger_table() -> None:
     table = trigger_table()
     assert "| motion | idle, low_power | acquiring_fix | not battery_is_low | `on_motion`" in table
     assert len(table.splitlines()) == 2 + len(TRANSITIONS)
+
+
+def test_readme_shows_the_machine_as_it_is() -> None:
+    """The diagram and the trigger table in the README are the machine's own (scripts/diagram.py)."""
+    from pathlib import Path
+
+    from tracker.machine import mermaid, trigger_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in (mermaid() + "\n" + trigger_table()).splitlines():
+        assert line in readme, f"README is out of date (run scripts/diagram.py): {line!r}"
