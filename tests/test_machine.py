@@ -412,7 +412,7 @@ def test_mermaid_and_trigger_table() -> None:
 
 
 def test_readme_shows_the_machine_as_it_is() -> None:
-    """The diagram and the trigger table in the README are the machine's own (scripts/diagram.py)."""
+    """The README's diagram and trigger table are the machine's own (scripts/diagram.py)."""
     from pathlib import Path
 
     from tracker.machine import mermaid, trigger_table
