@@ -358,3 +358,30 @@ def test_a_link_that_cannot_reopen_on_waking_is_retried(harness: Harness) -> Non
     assert harness.app.link_closed and not harness.app.link_up  # the first try failed
     harness.advance_to(harness.clock.monotonic() + 61)
     assert not harness.app.link_closed and harness.app.link_up and uplink.restarts == 1
+
+
+def test_sighup_names_the_settings_that_wait_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tracker.toml"
+    base = f"""
+[device]
+thing_name = "{THING}"
+set_clock = false
+[spool]
+path = "{tmp_path / "spool.db"}"
+[power]
+gps = "sim://"
+"""
+    aws = '[aws]\nendpoint = "{}"\ncert = "c"\nkey = "k"\nca = "a"\nbatch_bytes = {}\n'
+    path.write_text(base + aws.format("localhost", 5120))
+    app = App(config.load(path, environ={}), clock=FakeClock(), config_path=str(path))
+    h = Harness(app)
+    path.write_text(base + aws.format("localhost", 2048))
+    h.event(SignalReceived(signal.SIGHUP))
+    assert app.forwarder is not None and app.forwarder.batch_bytes == 2048
+    assert not any("after a restart" in r.message for r in caplog.records)
+    path.write_text(base + aws.format("other-ats.iot.example.com", 2048))
+    h.event(SignalReceived(signal.SIGHUP))
+    assert any("[aws] apply after a restart" in r.message for r in caplog.records)
+    app.shutdown()

@@ -7,6 +7,7 @@ nothing else touches state. The loop sleeps until the next event or timer: no po
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import signal
@@ -380,6 +381,10 @@ class App:
                 for s in ("device", "gps", "spool", "power", "sensors")
                 if getattr(new, s) != getattr(self.cfg, s)
             ]
+            # of [aws], only batch_bytes applies at once (the shadow may set it too)
+            same_batch = dataclasses.replace(new.aws, batch_bytes=self.cfg.aws.batch_bytes)
+            if same_batch != self.cfg.aws:
+                changed.insert(0, "aws")
             if changed:
                 log.warning("reload: changes to [%s] apply after a restart", "], [".join(changed))
             self.apply_config(new)
