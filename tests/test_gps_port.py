@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import serial
+from support.sink import Sink
 
 from hw.baud import BAUD_RATES, candidate_rates, detect_baudrate
 from hw.gps import GpsReader, backoff_delays, open_gps
@@ -26,35 +27,6 @@ NMEA = b"".join(split_recording(RECORDING))
 def decode(data: bytes) -> list[Epoch]:
     decoder = Decoder(date_floor=RECORDING_DATE_FLOOR)
     return [*decoder.feed(data), *decoder.flush()]
-
-
-class Sink:
-    """Collects what a reader hands over; tests wait on conditions, never on time."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.statuses: list[tuple[bool, str]] = []
-        self._cond = threading.Condition()
-
-    def on_data(self, data: bytes) -> None:
-        with self._cond:
-            self.data += data
-            self._cond.notify_all()
-
-    def on_status(self, up: bool, detail: str) -> None:
-        with self._cond:
-            self.statuses.append((up, detail))
-            self._cond.notify_all()
-
-    def ups(self) -> int:
-        return sum(up for up, _ in self.statuses)
-
-    def downs(self) -> int:
-        return sum(not up for up, _ in self.statuses)
-
-    def wait(self, check: Callable[[], bool], what: str) -> None:
-        with self._cond:
-            assert self._cond.wait_for(check, timeout=20), f"timed out waiting for {what}"
 
 
 @pytest.fixture

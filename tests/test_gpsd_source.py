@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import reduce
 from pathlib import Path
 
 import pytest
 import serial
+from support.sink import Sink as BaseSink
 
 from hw.gps import GpsReader, open_gps
 from hw.protocol_gpsd import DEFAULT_PORT, parse_url, split_nmea
@@ -131,33 +131,7 @@ def gpsd(gps: FakeGps, tmp_path: Path) -> Iterator[Gpsd]:
     daemon.stop()
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.statuses: list[bool] = []
-        self._cond = threading.Condition()
-
-    def on_data(self, data: bytes) -> None:
-        with self._cond:
-            self.data += data
-            self._cond.notify_all()
-
-    def on_status(self, up: bool, detail: str) -> None:
-        with self._cond:
-            self.statuses.append(up)
-            self._cond.notify_all()
-
-    def wait(
-        self, check: Callable[[], bool], what: str, poke: Callable[[], None] | None = None
-    ) -> None:
-        deadline = time.monotonic() + 20
-        with self._cond:
-            while not check():
-                assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                if poke is not None:
-                    poke()
-                self._cond.wait(0.1)
-
+class Sink(BaseSink):
     def nmea(self, start: int = 0) -> bytes:
         """What arrived from `start` on, without the warm-up lines."""
         lines = bytes(self.data[start:]).splitlines(keepends=True)
@@ -180,7 +154,7 @@ def test_through_gpsd_the_tracker_gets_the_same_fixes_as_from_the_file(
     reader = GpsReader(f"gpsd://127.0.0.1:{gpsd.port}", sink.on_data, sink.on_status, timeout=0.1)
     reader.start()
     try:
-        sink.wait(lambda: sink.statuses == [True], "connected")
+        sink.wait(lambda: sink.states() == [True], "connected")
         start = warm_up(gps, sink)
         gps.write(b"".join(LINES))
         sink.wait(lambda: LINES[-1] in sink.data[start:], "the last sentence")
@@ -206,14 +180,14 @@ def test_gpsd_stopped_and_started_again_is_survived(gps: FakeGps, gpsd: Gpsd) ->
     )
     reader.start()
     try:
-        sink.wait(lambda: sink.statuses == [True], "connected")
+        sink.wait(lambda: sink.states() == [True], "connected")
         start = warm_up(gps, sink)
         gps.write(first)
         sink.wait(lambda: LINES[half - 1] in sink.data[start:], "the first half")
         gpsd.stop()
-        sink.wait(lambda: sink.statuses == [True, False], "the loss reported")
+        sink.wait(lambda: sink.states() == [True, False], "the loss reported")
         gpsd.start()
-        sink.wait(lambda: sink.statuses == [True, False, True], "reconnected")
+        sink.wait(lambda: sink.states() == [True, False, True], "reconnected")
         restart = warm_up(gps, sink)
         gps.write(second)
         sink.wait(lambda: LINES[-1] in sink.data[restart:], "the second half")
