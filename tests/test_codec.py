@@ -25,7 +25,9 @@ from tracker.fix import Fix, Record
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
 
 times = st.datetimes(
-    min_value=datetime(1980, 1, 6), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+    min_value=datetime(1980, 1, 6),
+    max_value=datetime(2099, 12, 31, 23, 59, 59),
+    timezones=st.just(timezone.utc),
 )
 fixes = st.builds(
     Fix,

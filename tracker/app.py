@@ -37,6 +37,7 @@ from tracker.systemd import Notifier
 log = logging.getLogger("tracker.app")
 
 SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
+MAX_LOGGED_BUGS = 5  # tracebacks logged for internal errors; the rest are only counted
 
 
 class GpsSource(Protocol):
@@ -110,6 +111,7 @@ class App:
         self.stop_reason = ""
         self._low_power_flushed = False
         self.fixes_seen = 0  # epochs with a valid fix
+        self.internal_errors = 0  # bugs caught by `handle`
         self.reports = 0  # fixes recorded into the spool
         self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
 
@@ -219,11 +221,20 @@ class App:
         """Apply one event to the state; the only place events are consumed.
 
         A hardware or I/O failure while handling it is logged and the loop goes on: the spool
-        keeps every fix, and the next event retries. A bug propagates: systemd restarts us."""
+        keeps every fix, and the next event retries. So does a bug: it is logged with its
+        traceback (the first few times) and counted in condition messages, because a restart
+        would meet the same input again and loop; every fix stays in the spool."""
         try:
             self._dispatch(event)
         except (OSError, TrackerError) as exc:
             log.error("%s while handling %s", exc, type(event).__name__)
+        except Exception:
+            self.internal_errors += 1
+            if self.internal_errors <= MAX_LOGGED_BUGS:
+                log.exception(
+                    "internal error while handling %s (the loop goes on; please report it)",
+                    type(event).__name__,
+                )
 
     def _dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.GpsEpoch):
@@ -457,4 +468,5 @@ class App:
                 "recovered_corrupt": st.recovered_corrupt,
             },
             "link": {"up": self.link_up, "drops": self.mqtt.drops},
+            "internal_errors": self.internal_errors,
         }

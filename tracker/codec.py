@@ -12,11 +12,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tracker.errors import CodecError
-from tracker.fix import Fix, Record
+from tracker.fix import Fix, Record, fix_problem
 
 BATCH_VERSION = 1
 MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's message size limit
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_SEQ = 2**53  # inclusive: seqs stay exact in every JSON reader (JavaScript's safe integers)
 MS = timedelta(milliseconds=1)
 
 # Batch columns, in row order (most often non-zero first, so trailing zeros can be cut):
@@ -56,20 +57,20 @@ def encode_live(record: Record) -> bytes:
 
     Numbers go out exactly (shortest round-tripping float); unknown (None) fields are left out.
     """
+    _check_record(record)
     d: dict[str, Any] = {"seq": record.seq}
     if record.trigger:
         d["trigger"] = record.trigger
     d.update((k, v) for k, v in record.fix.to_dict().items() if v is not None)
-    try:
-        return _dumps(d)
-    except ValueError as exc:  # NaN or infinity: validity gates should never let one through
-        raise CodecError(f"fix {record.seq} cannot be encoded: {exc}") from exc
+    return _dumps(d)
 
 
 def encode_batch(records: Sequence[Record], max_bytes: int = 5120) -> tuple[bytes, int]:
     """Pack the first n >= 1 records that fit in max_bytes; returns (payload, n).
 
     A single record larger than max_bytes still goes alone, so the caller always progresses.
+    Raises CodecError naming the seq of the first record no receiver could have produced (a fix
+    outside `tracker.fix.FIELD_LIMITS`), so the caller can set that one aside.
     """
     if not records:
         raise CodecError("encode_batch needs at least one record")
@@ -83,6 +84,7 @@ def encode_batch(records: Sequence[Record], max_bytes: int = 5120) -> tuple[byte
     size = len(head) + len(b'],"tt":[]}')
     tt_size = 0
     for rec in records:
+        _check_record(rec)
         new_trigger = rec.trigger not in triggers
         if new_trigger:
             triggers.append(rec.trigger)
@@ -137,6 +139,14 @@ def _dumps(v: Any) -> bytes:
     return _ENCODER.encode(v).encode()
 
 
+def _check_record(rec: Record) -> None:
+    problem = fix_problem(rec.fix)
+    if problem is None and not 0 <= rec.seq <= MAX_SEQ:
+        problem = f"seq is outside 0..{MAX_SEQ}"
+    if problem is not None:
+        raise CodecError(f"fix {rec.seq} cannot be encoded: {problem}")
+
+
 def _scaled(name: str, v: float, scale: int) -> int:
     if not math.isfinite(v):
         raise CodecError(f"{name} {v} is not a finite number")
@@ -178,36 +188,44 @@ def _advance(state: list[int], vals: list[int | None]) -> None:
 # --- decoding helpers ---------------------------------------------------------------------------
 
 
+def _show(v: Any) -> str:
+    """A value for a one-line error: its repr, clipped (payloads can be hostile)."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**24 else f"{str(v)[:12]}..."
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _decode_live(doc: dict[str, Any]) -> Record:
     seq, trigger = doc.get("seq"), doc.get("trigger", "")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise CodecError(f"seq {seq!r} is not a non-negative integer")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise CodecError(f"seq {_show(seq)} is not an integer in 0..{MAX_SEQ}")
     if not isinstance(trigger, str):
-        raise CodecError(f"trigger {trigger!r} is not a string")
+        raise CodecError(f"trigger {_show(trigger)} is not a string")
     for key in ("lat", "lon", "alt", "speed", "course", "hdop"):
         v = doc.get(key)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise CodecError(f"{key} {v!r} is not a number")
+            raise CodecError(f"{key} {_show(v)} is not a number")
     if doc.get("sats") is not None and not _is_int(doc["sats"]):
-        raise CodecError(f"sats {doc['sats']!r} is not an integer")
+        raise CodecError(f"sats {_show(doc['sats'])} is not an integer")
     if not _is_int(doc.get("mode", 2)):
-        raise CodecError(f"mode {doc.get('mode')!r} is not an integer")
+        raise CodecError(f"mode {_show(doc.get('mode'))} is not an integer")
     try:
         fix = Fix.from_dict(doc)
     except KeyError as exc:
         raise CodecError(f"live fix has no {exc.args[0]!r}") from exc
     except (TypeError, ValueError) as exc:
         raise CodecError(f"live fix is malformed: {exc}") from exc
+    except OverflowError as exc:
+        raise CodecError("live fix is malformed: a number is out of range") from exc
     return Record(seq, _checked(fix), trigger)
 
 
 def _decode_batch(doc: dict[str, Any]) -> list[Record]:
     if doc.get("v") != BATCH_VERSION:
-        raise CodecError(f"batch version {doc.get('v')!r} is not supported (expected 1)")
+        raise CodecError(f"batch version {_show(doc.get('v'))} is not supported (expected 1)")
     rows, triggers = doc.get("d"), doc.get("tt")
     if not isinstance(rows, list) or not rows:
         raise CodecError("batch field d is not a non-empty list of rows")
@@ -226,7 +244,7 @@ def _decode_batch(doc: dict[str, Any]) -> list[Record]:
                 vals.append(None)
                 continue
             if not _is_int(d):
-                raise CodecError(f"batch row {n}: {name} {d!r} is not an integer")
+                raise CodecError(f"batch row {n}: {name} {_show(d)} is not an integer")
             state[i] += d + (1 if i == _SEQ else 0)
             vals.append(state[i])
         out.append(_record(n, vals, triggers))
@@ -238,8 +256,8 @@ def _record(n: int, vals: list[int | None], triggers: list[str]) -> Record:
     assert t_ms is not None and trig is not None and mode is not None and seq is not None
     if not 0 <= trig < len(triggers):
         raise CodecError(f"batch row {n}: trigger index {trig} is not in tt")
-    if seq < 0:
-        raise CodecError(f"batch row {n}: seq {seq} is negative")
+    if not 0 <= seq <= MAX_SEQ:
+        raise CodecError(f"batch row {n}: seq {_show(seq)} is outside 0..{MAX_SEQ}")
     kw: dict[str, Any] = {}
     try:
         time = EPOCH + MS * t_ms
@@ -251,14 +269,7 @@ def _record(n: int, vals: list[int | None], triggers: list[str]) -> Record:
 
 
 def _checked(fix: Fix) -> Fix:
-    if not -90.0 <= fix.lat <= 90.0 or not -180.0 <= fix.lon <= 180.0:
-        raise CodecError(f"position {fix.lat}, {fix.lon} is out of range")
-    if fix.mode not in (2, 3):
-        raise CodecError(f"mode {fix.mode} is not 2 or 3")
-    if fix.sats is not None and not 0 <= fix.sats <= 255:
-        raise CodecError(f"sats {fix.sats} is out of range")
-    for name in ("alt", "speed", "course", "hdop"):
-        v = getattr(fix, name)
-        if v is not None and not math.isfinite(v):
-            raise CodecError(f"{name} {v} is not a finite number")
+    problem = fix_problem(fix)
+    if problem is not None:
+        raise CodecError(problem)
     return fix

@@ -22,6 +22,9 @@ Validity gates (an epoch is a fix only if all hold):
      such an epoch is never a fix, whatever its status fields say;
   4. coordinates in range (|lat| <= 90, |lon| <= 180) and not exactly 0/0;
   5. the epoch's UTC date is known (see the time policy).
+Bounds: a value no real receiver reports (an altitude of 1e307 m, 300 satellites: see
+`tracker.fix.FIELD_LIMITS`) is dropped from the epoch and counted as `out_of_range_<field>`;
+the position stays. So every fix can be encoded and decoded again.
 Mode: the receiver's GSA fix type (2 or 3) when the epoch has a GSA; otherwise 3 when GGA/GNS
 carries an altitude, else 2. Altitude only in 3D.
 
@@ -43,8 +46,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from typing import TypeVar
 
-from tracker.fix import Fix
+from tracker.fix import Fix, in_limits
 from tracker.nmea import LineFramer
 from tracker.sentences import TIMED_TYPES, USED_TYPES, Sentence, parse_sentence
 
@@ -53,6 +57,7 @@ DEFAULT_DATE_FLOOR = date(2026, 11, 1)  # bump at each release: no fix can be ol
 RECORDING_DATE_FLOOR = date(1999, 8, 22)  # first GPS week rollover
 _DAY_MS = 86_400_000
 _UTC = timezone.utc
+_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +207,7 @@ class Decoder:
         for body in bodies:
             try:
                 s = parse_sentence(body)
-            except (ValueError, IndexError):
+            except Exception:  # one sentence, even through a bug, must never stop the reader
                 kind = body.split(",", 1)[0][-3:]
                 key = f"parse_error_{kind}"
                 errors[key] = errors.get(key, 0) + 1
@@ -241,19 +246,30 @@ class Decoder:
         self.stats.epochs += 1
         ok = cyc.position_ok()
         when = self._time_of(cyc, ok)
-        sats = cyc.sats if cyc.sats is not None else cyc.gsa_sats or None
-        hdop = cyc.hdop if cyc.hdop is not None else cyc.hdop_gsa
+        bounded = self._bounded
+        sats = bounded("sats", cyc.sats if cyc.sats is not None else cyc.gsa_sats or None)
+        hdop = bounded("hdop", cyc.hdop if cyc.hdop is not None else cyc.hdop_gsa)
+        in_view = bounded("sats", cyc.in_view, "out_of_range_in_view")
         fix = None
         if ok and when is not None:
             assert cyc.lat is not None and cyc.lon is not None
-            mode = cyc.gsa_mode if cyc.gsa_mode in (2, 3) else 3 if cyc.alt is not None else 2
+            alt = bounded("alt", cyc.alt)
+            mode = cyc.gsa_mode if cyc.gsa_mode in (2, 3) else 3 if alt is not None else 2
             # positional: Fix(time, lat, lon, alt, speed, course, mode, sats, hdop)
             fix = Fix(
-                when, cyc.lat, cyc.lon, cyc.alt if mode == 3 else None, cyc.speed, cyc.course,
-                mode, sats, hdop,
+                when, cyc.lat, cyc.lon, alt if mode == 3 else None, bounded("speed", cyc.speed),
+                bounded("course", cyc.course), mode, sats, hdop,
             )  # fmt: skip
             self.stats.fixes += 1
-        return Epoch(when, fix, sats, cyc.in_view, hdop)
+        return Epoch(when, fix, sats, in_view, hdop)
+
+    def _bounded(self, name: str, v: _N | None, key: str = "") -> _N | None:
+        """The value, or None (counted) when no real receiver reports it."""
+        if v is None or in_limits(name, v):
+            return v
+        key = key or f"out_of_range_{name}"
+        self._parse_errors[key] = self._parse_errors.get(key, 0) + 1
+        return None
 
     def _time_of(self, cyc: _Cycle, trusted: bool) -> datetime | None:
         """The epoch's UTC time under the time policy (module docstring), or None."""

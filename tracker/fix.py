@@ -12,6 +12,21 @@ from typing import Any
 
 EARTH_RADIUS_M = 6_371_008.8
 
+# What a real receiver on a tracked asset can report; the one home of these bounds. The decoder
+# drops a field outside them (and counts it), the codec refuses a fix outside them, so every fix
+# the decoder produces can be encoded live and in a batch, and decoded again.
+FIELD_LIMITS: dict[str, tuple[float, float]] = {
+    "alt": (-1_000.0, 100_000.0),  # metres MSL: below the Dead Sea shore .. far above any aircraft
+    "speed": (0.0, 1_000.0),  # m/s: the export-control limit of receivers is 515 m/s
+    "course": (0.0, 360.0),  # degrees true
+    "hdop": (0.0, 1_000.0),  # receivers with a poor view report 176 (recorded), some cap at 99.99
+    "sats": (0, 255),  # satellites used
+}
+TIME_LIMITS = (
+    datetime(1980, 1, 6, tzinfo=timezone.utc),  # GPS time starts
+    datetime(2100, 1, 1, tzinfo=timezone.utc),  # past the last date the decoder's rollover gives
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Fix:
@@ -59,6 +74,28 @@ class Fix:
 
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+def in_limits(name: str, value: float) -> bool:
+    """Whether an optional field's value is one a real receiver reports (finite, in bounds)."""
+    lo, hi = FIELD_LIMITS[name]
+    return lo <= value <= hi  # False for NaN
+
+
+def fix_problem(fix: Fix) -> str | None:
+    """Why this fix is not one a receiver can report (one line), or None when it is."""
+    if not TIME_LIMITS[0] <= fix.time < TIME_LIMITS[1]:
+        return f"time {fix.time.isoformat()} is outside 1980-01-06..2099-12-31"
+    if not (-90.0 <= fix.lat <= 90.0 and -180.0 <= fix.lon <= 180.0):
+        return f"position {fix.lat}, {fix.lon} is out of range"
+    if fix.mode not in (2, 3):
+        return f"mode {fix.mode} is not 2 or 3"
+    for name in FIELD_LIMITS:
+        v = getattr(fix, name)
+        if v is not None and not in_limits(name, v):
+            lo, hi = FIELD_LIMITS[name]
+            return f"{name} {v} is outside {lo:g}..{hi:g}"
+    return None
 
 
 def format_time(t: datetime) -> str:

@@ -237,6 +237,11 @@ def _checksum(body: str) -> int:
     return _xor(body.encode("ascii"))
 
 
+def frame(body: str) -> bytes:
+    """A sentence body ("GPGGA,...") as the receiver sends it: `$body*CK` and CR LF."""
+    return b"$%s*%02X\r\n" % (body.encode("ascii"), _checksum(body))
+
+
 def count_valid_sentences(data: bytes) -> int:
     """How many checksum-valid NMEA sentences a chunk holds (for baud-rate detection)."""
     framer = LineFramer()

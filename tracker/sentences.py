@@ -94,7 +94,7 @@ def _coord(v: str, hemi: str, neg: str) -> float | None:
     if x < 0.0 or x - x != 0.0:  # negative, nan or inf: the sign is the hemisphere's
         raise ValueError(f"bad coordinate {v!r}")
     deg = int(x // 100)
-    val = deg + (x - deg * 100) / 60.0
+    val = deg + (x - deg * 100) / 60.0  # MTK's cold-start 8960.0 (89 deg 60') is 90 deg
     return -val if hemi == neg else val
 
 
@@ -203,7 +203,12 @@ def _zda(kind: str, f: list[str]) -> Sentence:
         raise ValueError("ZDA too short")
     day = None
     if f[2] and f[3] and f[4]:
-        day = date(int(f[4]), int(f[3]), int(f[2]))
+        if not (len(f[4]) == 4 and len(f[3]) <= 2 and len(f[2]) <= 2):
+            raise ValueError(f"bad ZDA date {f[2]!r} {f[3]!r} {f[4]!r}")
+        year = int(f[4])
+        if not 1980 <= year <= 2099:  # GPS time starts in 1980; RMC's two digits end in 2079
+            raise ValueError(f"ZDA year {year} is out of range")
+        day = date(year, int(f[3]), int(f[2]))
     return Sentence(
         kind, _tod(f[1]), day, None, False, None, None,
         None, None, None, None, None, None, None,
