@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tracker import setclock
 from tracker.clock import FakeClock
 from tracker.config import PolicyConfig
+from tracker.errors import TrackerError
 from tracker.fix import Fix
-from tracker.gpstime import GpsTime
+from tracker.gpstime import CLOCK_REQUEST, GpsTime, write_clock_request
 from tracker.policy import ParkedWatch
 
 GPS = datetime(2027, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -101,3 +106,56 @@ def test_a_bad_fix_is_not_evidence_of_motion() -> None:
     watch = ParkedWatch(PolicyConfig())
     watch.feed(fix(0))
     assert watch.feed(fix(500, hdop=20.0)) is False  # worse than max_hdop: ignored
+
+
+def test_without_the_privilege_under_systemd_the_tracker_asks_the_clock_helper(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    board = ClockSetter(monkeypatch, now=3600.0, fail=True)
+    mono = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: mono[0])
+    gt = GpsTime(FakeClock(), set_clock=True, runtime_dir=str(tmp_path))
+    gt.seen(GPS, has_fix=True)
+    request = tmp_path / CLOCK_REQUEST
+    assert json.loads(request.read_text()) == {
+        "gps_time": "2027-03-01T12:00:00Z",
+        "monotonic": 1000.0,
+    }
+    request.unlink()
+    mono[0] += 30
+    gt.seen(GPS, has_fix=True)
+    assert not request.exists()  # at most one request a minute
+    mono[0] += 31
+    gt.seen(GPS, has_fix=True)
+    assert json.loads(request.read_text())["monotonic"] == 1061.0
+    assert board.calls == []
+
+    # tracker-clock.service reads it 2.5 s later and sets the clock to GPS time then
+    board.fail = False
+    mono[0] += 2.5
+    assert setclock.main(argparse.Namespace(request=str(request))) == 0
+    assert board.calls == [GPS.timestamp() + 2.5]
+
+
+def test_set_clock_leaves_a_set_clock_alone_and_refuses_stale_or_bad_requests(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    request = tmp_path / CLOCK_REQUEST
+    monkeypatch.setattr(time, "monotonic", lambda: 5000.0)
+    write_clock_request(request, GPS, 5000.0 - 301)
+    board = ClockSetter(monkeypatch, now=3600.0)
+    with pytest.raises(TrackerError, match=r"is 301 s old \(at most 300\)"):
+        setclock.main(argparse.Namespace(request=str(request)))
+    write_clock_request(request, OLD, 4999.0)
+    with pytest.raises(TrackerError, match="before the release date"):
+        setclock.main(argparse.Namespace(request=str(request)))
+    request.write_text("{not json")
+    with pytest.raises(TrackerError, match="is malformed"):
+        setclock.main(argparse.Namespace(request=str(request)))
+    with pytest.raises(TrackerError, match="cannot read the clock request"):
+        setclock.main(argparse.Namespace(request=str(tmp_path / "missing")))
+    assert board.calls == []
+    board.now = GPS.timestamp()  # NTP got there first
+    write_clock_request(request, GPS, 4999.0)
+    assert setclock.main(argparse.Namespace(request=str(request))) == 0
+    assert board.calls == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shutil
@@ -43,11 +42,20 @@ def spy_path(tmp_path: Path) -> tuple[str, Path]:
     return f"{bin_dir}:{os.environ['PATH']}", log
 
 
-def unit(path: Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(path.read_text())
-    return parser
+def unit(path: Path) -> dict[str, dict[str, str]]:
+    """A systemd unit's sections; a key given more than once has its values joined by a space."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current[key] = f"{current[key]} {value}".strip() if key in current else value
+    return sections
 
 
 def files(root: Path) -> dict[str, int]:
@@ -67,6 +75,8 @@ def test_staging_root_lays_out_every_file_and_runs_nothing(tmp_path: Path) -> No
     got = files(root)
     assert got == {
         "etc/systemd/system/tracker.service": 0o644,
+        "etc/systemd/system/tracker-clock.path": 0o644,
+        "etc/systemd/system/tracker-clock.service": 0o644,
         "opt/tracker/bin/tracker-provision": 0o755,
         "opt/tracker/share/99-gps.rules": 0o644,
         "opt/tracker/share/aws/claim-policy.json": 0o644,
@@ -92,6 +102,8 @@ def test_prefix_moves_every_path(tmp_path: Path) -> None:
     assert install("--root", str(root), "--prefix", "/srv/trk").returncode == 0
     service = unit(root / "etc/systemd/system/tracker.service")["Service"]
     assert service["ExecStart"].startswith("/srv/trk/venv/bin/tracker run")
+    clock = unit(root / "etc/systemd/system/tracker-clock.service")["Service"]
+    assert clock["ExecStart"].startswith("/srv/trk/venv/bin/tracker set-clock")
     assert os.readlink(root / "usr/local/bin/tracker") == "/srv/trk/venv/bin/tracker"
     assert "/opt/tracker" not in (root / "srv/trk/bin/tracker-provision").read_text()
 
@@ -102,7 +114,7 @@ def test_live_dry_run_shows_the_board_steps(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "-m venv /opt/tracker/venv" in out and "pip install" in out
-    assert "+ systemctl enable tracker.service" in out
+    assert "+ systemctl enable tracker.service tracker-clock.path" in out
     assert "+ systemctl daemon-reload" in out
     assert "usermod --append --groups dialout,gpio tracker" in out
     assert not calls.exists()
@@ -126,21 +138,72 @@ def test_unit_key_settings() -> None:
     assert "network-online.target" in u["Unit"]["Wants"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+ANALYZE = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="no systemd-analyze (Debian package systemd)"
+)
+UNITS = ("tracker.service", "tracker-clock.service", "tracker-clock.path")
+
+
+@ANALYZE
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify wants the ExecStart binary to exist: point it at one that does
-    text = UNIT.read_text().replace("/opt/tracker/venv/bin/tracker", shutil.which("true") or "")
-    copy = tmp_path / "tracker.service"
-    copy.write_text(text)
+    for name in UNITS:
+        text = (REPO / "deploy" / name).read_text()
+        text = text.replace("/opt/tracker/venv/bin/tracker", shutil.which("true") or "")
+        (tmp_path / name).write_text(text)
     done = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)],
+        ["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNITS)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "tracker.service" not in done.stderr  # no warnings about our unit
+    assert "tracker" not in done.stderr  # no warnings about our units
+
+
+def exposure(name: str) -> float:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(REPO / "deploy" / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(rf"Overall exposure level for {re.escape(name)}: ([0-9.]+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    return float(found.group(1))
+
+
+@ANALYZE
+def test_the_units_exposure_scores_stay_low() -> None:
+    assert exposure("tracker.service") <= 2.0
+    assert exposure("tracker-clock.service") <= 1.5
+
+
+def test_the_tracker_holds_no_capability_and_only_its_devices() -> None:
+    service = unit(UNIT)["Service"]
+    assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
+    assert service["ProtectClock"] == "true" and "@clock" in service["SystemCallFilter"]
+    assert service["DevicePolicy"] == "closed"
+    allowed = service["DeviceAllow"].split()
+    for group in ("char-ttyAMA", "char-ttyS", "char-ttyUSB", "char-ttyACM", "char-gpiochip"):
+        assert allowed[allowed.index(group) + 1] == "rw", group
+    assert service["ProtectProc"] == "invisible" and service["ProcSubset"] == "pid"
+
+
+def test_only_the_clock_helper_may_set_the_clock_and_it_runs_on_the_trackers_request() -> None:
+    from tracker.gpstime import CLOCK_REQUEST
+
+    clock = unit(REPO / "deploy" / "tracker-clock.service")["Service"]
+    assert clock["CapabilityBoundingSet"] == "CAP_SYS_TIME" == clock["AmbientCapabilities"]
+    assert clock["ExecStart"].split()[1] == "set-clock"
+    allow, deny = clock["SystemCallFilter"].split("~", 1)
+    assert "@clock" in allow.split() and "@clock" not in deny.split()
+    watched = unit(REPO / "deploy" / "tracker-clock.path")["Path"]["PathChanged"]
+    runtime = unit(UNIT)["Service"]["RuntimeDirectory"]
+    assert watched == f"/run/{runtime}/{CLOCK_REQUEST}"
+    assert clock["ExecStart"].split()[2] == watched
 
 
 def test_udev_rule_names_the_gps() -> None:

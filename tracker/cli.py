@@ -21,6 +21,7 @@ COMMANDS = {
     "decode": "tracker.decode",
     "run": "tracker.daemon",
     "check": "tracker.check",
+    "set-clock": "tracker.setclock",
 }
 
 
@@ -56,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check a board's setup before starting the service")
     c.add_argument("--config", "-c", default=os.environ.get("TRACKER_CONFIG"))
     c.add_argument("--online", action="store_true", help="also connect to the endpoint")
+    sc = sub.add_parser(
+        "set-clock",
+        help="set an unset system clock from the tracker's GPS time (tracker-clock.service)",
+        description="Read the clock request the daemon writes to its runtime directory when the"
+        " system clock is unset (a board without an RTC) and set the clock from it. Needs"
+        " CAP_SYS_TIME; does nothing when the clock is already set.",
+    )
+    sc.add_argument(
+        "request", nargs="?", default="/run/tracker/clock-request", help="the clock request file"
+    )
     return p
 
 
