@@ -25,6 +25,7 @@ from tracker import config as tconfig
 from tracker import credentials as cred
 from tracker.credentials import FAIL, OK, WARN
 from tracker.errors import ConfigError, GpsError
+from tracker.instance import running_pid
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -366,7 +367,19 @@ def run_checks(path: Path, online: bool = False, probe: Probe | None = None) -> 
     results.append(check_gps(good.get("gps", {}), probe))
     results += check_spool(good.get("spool", {}), probe)
     if online:
-        results += check_online(aws, good.get("device", {}).get("thing_name", ""), probe)
+        pid = running_pid(good.get("spool", {}).get("path", tconfig.SpoolConfig().path))
+        if pid is not None:
+            results.append(
+                Result(
+                    WARN,
+                    "online",
+                    f"the tracker is running (pid {pid or '?'}): not connecting with its"
+                    " client id, which would disconnect it; `systemctl status tracker` shows"
+                    " its link, or stop it to test the connection",
+                )
+            )
+        else:
+            results += check_online(aws, good.get("device", {}).get("thing_name", ""), probe)
     return results
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from tracker import config as config_mod
 from tracker import events as ev
 from tracker.app import App, Parts
+from tracker.instance import InstanceLock
 from tracker.systemd import setup_logging
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
         overrides["log"] = {"level": args.log_level}
     cfg = config_mod.load(args.config, overrides=overrides)
     setup_logging(cfg.log.level)
+    InstanceLock(cfg.spool.path).acquire()  # held until the process ends
     app = App(cfg, config_path=args.config)
     install_signals(app.post)
     try:
