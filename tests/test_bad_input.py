@@ -211,3 +211,21 @@ def test_a_bug_while_handling_one_event_does_not_stop_the_loop(tmp_path: Path) -
     # the fix whose PUBACK hit the bug stays in the spool and goes again, nothing is lost
     assert {r.seq for r in harness.uplink.records()} == set(range(1, app.reports + 1))
     assert app.condition_fields("test")["internal_errors"] == 1
+
+
+def test_a_date_moved_by_the_rollover_rule_is_said_once_with_its_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(tmp_path)
+    app.decoder = Decoder()  # the release-date floor a board runs with: 2005 is "a rollover"
+    harness = Harness(app)
+    harness.event(LinkUp())
+    epochs = app.decoder.feed(DRIVE.read_bytes()[:20_000])
+    for epoch in epochs:
+        harness.event(GpsEpoch(epoch))
+    said = [r.getMessage() for r in caplog.records if "week-rollover" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].startswith("GPS date 2005-09-25 taken as 2044-12-25 ")  # moved twice
+    assert "[gps] date_floor = 1999-08-22" in said[0]
+    assert app.condition_fields("test")["gps"]["dates_rolled_over"] == app.decoder.stats.rolled_over
+    assert app.decoder.stats.rolled_over > 10

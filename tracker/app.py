@@ -112,6 +112,7 @@ class App:
         self._low_power_flushed = False
         self.fixes_seen = 0  # epochs with a valid fix
         self.internal_errors = 0  # bugs caught by `handle`
+        self._rollover_said = False  # a date moved by the week-rollover rule was logged
         self.reports = 0  # fixes recorded into the spool
         self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
 
@@ -339,6 +340,17 @@ class App:
     # ---- internals ----------------------------------------------------------------------------
     def _on_epoch(self, epoch: Epoch) -> None:
         self.last_epoch = epoch
+        if not self._rollover_said and self.decoder.stats.first_rollover is not None:
+            self._rollover_said = True
+            sent, used = self.decoder.stats.first_rollover
+            log.warning(
+                "GPS date %s taken as %s by the week-rollover rule: dates before [gps]"
+                " date_floor (%s) are moved on by 1024 weeks; to replay an old recording set"
+                " [gps] date_floor = 1999-08-22",
+                sent,
+                used,
+                self.decoder.date_floor,
+            )
         if epoch.fix is not None:
             self.fixes_seen += 1
         if epoch.time is not None:
@@ -461,6 +473,7 @@ class App:
                 "last_fix_age_s": dstats.get("last_fix_age_s"),
                 "fix_timeouts": dstats.get("fix_timeouts", 0),
                 "dropped": dict(self.decoder.stats.dropped),
+                "dates_rolled_over": self.decoder.stats.rolled_over,
             },
             "spool": {
                 "backlog": st.backlog,

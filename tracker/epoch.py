@@ -80,6 +80,8 @@ class DecodeStats:
     fixes: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # framing and parse errors by reason
     unknown_types: dict[str, int] = field(default_factory=dict)  # types not used, not verified
+    rolled_over: int = 0  # trusted dates moved forward by the week-rollover rule
+    first_rollover: tuple[date, date] | None = None  # the first such date: (sent, used)
 
 
 class _Cycle:
@@ -187,6 +189,11 @@ class Decoder:
         self._midnight = datetime(1970, 1, 1, tzinfo=_UTC)
         self._parse_errors: dict[str, int] = {}
         self.stats = DecodeStats()
+
+    @property
+    def date_floor(self) -> date:
+        """Trusted dates before this one are taken as GPS week rollovers."""
+        return self._floor
 
     def feed(self, data: bytes) -> list[Epoch]:
         """Epochs completed by this chunk of receiver output."""
@@ -297,8 +304,13 @@ class Decoder:
 
     def _unroll(self, d: date) -> date:
         """Undo GPS week-number rollovers: move a date before the floor by 1024 weeks."""
+        sent = d
         for _ in range(4):
             if d >= self._floor:
                 break
             d += ROLLOVER
+        if d != sent:
+            self.stats.rolled_over += 1
+            if self.stats.first_rollover is None:
+                self.stats.first_rollover = (sent, d)
         return d
