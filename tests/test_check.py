@@ -285,20 +285,35 @@ def test_gps_at_another_baud_rate_is_named(board: Board, detect: bool, expected:
 
 
 def test_spool_directory_missing_or_not_writable(board: Board) -> None:
-    board.config(spool={"path": str(board.dir / "nowhere" / "spool.db")})
+    # missing, but the tracker creates it at start: not a failure
+    board.config(spool={"path": str(board.dir / "nowhere" / "deeper" / "spool.db")})
     results = check.run_checks(board.path, probe=probe())
-    assert (
-        level(results, "spool dir") == "FAIL"
-        and "mkdir -p" in by_name(results)["spool dir"][0].detail
-    )
+    assert level(results, "spool dir") == "OK"
+    assert "the tracker creates it at start" in by_name(results)["spool dir"][0].detail
+    # missing, and the service user cannot create it
+    board.dir.chmod(0o755)
+    user = ServiceUser("tracker", 4242, frozenset({4242}))
+    results = check.run_checks(board.path, probe=probe(user=user))
+    detail = by_name(results)["spool dir"][0].detail
+    assert level(results, "spool dir") == "FAIL"
+    assert f"mkdir -p {board.dir}/nowhere/deeper && chown tracker: " in detail
     board.config()
     (board.dir / "spool").chmod(0o755)
-    user = ServiceUser("tracker", 4242, frozenset({4242}))
     results = check.run_checks(board.path, probe=probe(user=user))
     assert (
         level(results, "spool dir") == "FAIL"
         and "not writable by the service user" in by_name(results)["spool dir"][0].detail
     )
+
+
+def test_spool_path_through_a_file_or_at_a_directory(board: Board) -> None:
+    (board.dir / "afile").write_text("x")
+    board.config(spool={"path": str(board.dir / "afile" / "spool.db")})
+    detail = by_name(check.run_checks(board.path, probe=probe()))["spool dir"][0].detail
+    assert detail == f"{board.dir}/afile is a file, not a directory: fix [spool] path"
+    board.config(spool={"path": str(board.dir / "spool")})
+    detail = by_name(check.run_checks(board.path, probe=probe()))["spool dir"][0].detail
+    assert detail.startswith(f"[spool] path {board.dir}/spool is a directory: name a file")
 
 
 def test_disk_nearly_full(board: Board) -> None:
@@ -339,3 +354,29 @@ def test_command_line(board: Board, capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2
     assert any(line.startswith("FAIL  gps") for line in out.splitlines())
     assert check.main(argparse.Namespace(config=str(board.dir / "x.toml"), online=False)) == 2
+
+
+@pytest.mark.skipif(
+    not Path("/etc/ssl/certs/ca-certificates.crt").exists(), reason="no system CA bundle"
+)
+def test_the_system_ca_bundle_as_ca_is_a_warning_without_noise(
+    board: Board, capfd: pytest.CaptureFixture[str]
+) -> None:
+    board.config(aws={"ca": "/etc/ssl/certs/ca-certificates.crt"})
+    results = check.run_checks(board.path, probe=probe())
+    (ca,) = by_name(results)["ca"]
+    assert ca.level == "WARN" and "for AWS IoT use AmazonRootCA1.pem" in ca.detail
+    assert "bundle of" in ca.detail and "valid until" not in ca.detail
+    out, err = capfd.readouterr()
+    assert "Warning" not in out + err
+
+
+def test_swapped_certificate_and_key_get_no_chmod_advice_for_the_certificate(
+    board: Board,
+) -> None:
+    (board.dir / "device.crt").chmod(0o644)
+    board.config(aws={"cert": str(board.dir / "device.key"), "key": str(board.dir / "device.crt")})
+    results = check.run_checks(board.path, probe=probe())
+    assert "swapped" in by_name(results)["key"][0].detail
+    assert "key mode" not in by_name(results)
+    assert not any("chmod 600" in r.detail for r in results)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -205,32 +206,59 @@ def _baud_verdict(url: str, configured: int, found: int, detect: bool) -> Result
 
 
 def check_spool(spool: dict[str, Any], probe: Probe) -> Iterator[Result]:
-    """The spool directory exists, is writable by the service, and its disk has room."""
+    """The spool directory exists (or the tracker can create it), is writable by the service,
+    and its disk has room."""
     value = spool.get("path")
     if not isinstance(value, str):
         return
-    directory = Path(value).parent
+    path = Path(value)
+    if path.is_dir():
+        yield Result(
+            FAIL, "spool dir", f"[spool] path {path} is a directory: name a file in it,"
+            f" e.g. {path / 'spool.db'}",
+        )  # fmt: skip
+        return
+    directory = path.parent
+    user = probe.service_user()
+    write = (stat.S_IWUSR | stat.S_IXUSR, stat.S_IWGRP | stat.S_IXGRP, stat.S_IWOTH | stat.S_IXOTH)
+
+    def writable(d: Path) -> bool:
+        if user:
+            return cred.user_may(user, d.stat(), write)
+        return os.access(d, os.W_OK | os.X_OK)
+
+    who = f"the service user {user.name}" if user else "this user"
     if not directory.is_dir():
+        parent = Path(directory.anchor or "/")
+        for d in (directory, *directory.parents):
+            if d.exists():
+                parent = d
+                break
+        if not parent.is_dir():
+            yield Result(
+                FAIL, "spool dir", f"{parent} is a file, not a directory: fix [spool] path"
+            )
+            return
         if str(directory) == STATE_DIRECTORY:
             yield Result(
                 WARN,
                 "spool dir",
                 f"{directory} does not exist yet; systemd creates it at start (StateDirectory)",
             )
+        elif writable(parent):
+            yield Result(
+                OK, "spool dir", f"{directory} does not exist yet; the tracker creates it at start"
+            )
         else:
+            owner = f" && chown {user.name}: {directory}" if user else ""
             yield Result(
                 FAIL,
                 "spool dir",
-                f"{directory} does not exist: mkdir -p {directory} or fix [spool] path",
+                f"{directory} does not exist and {who} cannot create it in {parent}:"
+                f" mkdir -p {directory}{owner}, or fix [spool] path",
             )
-        return
-    user = probe.service_user()
-    write = (stat.S_IWUSR | stat.S_IXUSR, stat.S_IWGRP | stat.S_IXGRP, stat.S_IWOTH | stat.S_IXOTH)
-    if (
-        user
-        and str(directory) != STATE_DIRECTORY
-        and not cred.user_may(user, directory.stat(), write)
-    ):
+        directory = parent
+    elif user and str(directory) != STATE_DIRECTORY and not writable(directory):
         yield Result(
             FAIL,
             "spool dir",
@@ -359,13 +387,18 @@ def run_checks(path: Path, online: bool = False, probe: Probe | None = None) -> 
     """Every check, in the order a person would fix them."""
     probe = probe or Probe()
     results, good = check_config(path, probe.environ)
+    if not good:  # no config to check the rest against: its line says why
+        return results
     aws = good.get("aws", {})
-    results += [
-        Result(v.level, name, v.detail)
-        for name, v in cred.check_files(aws, probe.service_user(), probe.now())
-    ]
-    results.append(check_gps(good.get("gps", {}), probe))
-    results += check_spool(good.get("spool", {}), probe)
+    results += _guarded(
+        "credentials",
+        lambda: [
+            Result(v.level, name, v.detail)
+            for name, v in cred.check_files(aws, probe.service_user(), probe.now())
+        ],
+    )
+    results += _guarded("gps", lambda: [check_gps(good.get("gps", {}), probe)])
+    results += _guarded("spool", lambda: list(check_spool(good.get("spool", {}), probe)))
     if online:
         pid = running_pid(good.get("spool", {}).get("path", tconfig.SpoolConfig().path))
         if pid is not None:
@@ -381,6 +414,28 @@ def run_checks(path: Path, online: bool = False, probe: Probe | None = None) -> 
         else:
             results += check_online(aws, good.get("device", {}).get("thing_name", ""), probe)
     return results
+
+
+def _guarded(name: str, check: Callable[[], list[Result]]) -> list[Result]:
+    """A check's lines, or one FAIL line when this user may not look (not root)."""
+    try:
+        return check()
+    except PermissionError as exc:
+        what = exc.filename or "a file"
+        return [
+            Result(
+                FAIL,
+                name,
+                f"{what} cannot be read as user {_whoami()}: run it as root (sudo tracker check)",
+            )
+        ]
+
+
+def _whoami() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def table(results: list[Result]) -> str:

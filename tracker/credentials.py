@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import pwd
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +308,14 @@ def _file(name: str, value: object, out: list[Finding]) -> Path | None:
     return path
 
 
+def _head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(MAX_PEM_BYTES)
+    except OSError:
+        return b""
+
+
 def _key_mode(path: Path) -> Verdict:
     mode = path.stat().st_mode & 0o777
     if mode & 0o007:
@@ -352,14 +361,15 @@ def check_files(
             )
     cert = key = None
     if key_path:
-        out.append(("key mode", _key_mode(key_path)))
-        dir_verdict = _key_dir_mode(key_path)
-        if dir_verdict is not None:
-            out.append(("key dir", dir_verdict))
         try:
             key = load_private_key(key_path, "key")
         except ProvisionError as exc:
             out.append(("key", Verdict(FAIL, str(exc))))
+        if key is not None or b"PRIVATE KEY-----" in _head(key_path):
+            out.append(("key mode", _key_mode(key_path)))  # modes matter for a key, not a cert
+            dir_verdict = _key_dir_mode(key_path)
+            if dir_verdict is not None:
+                out.append(("key dir", dir_verdict))
     if cert_path:
         try:
             cert = load_certificate(cert_path, "cert")
@@ -379,20 +389,29 @@ def check_files(
         out.append(("cert expiry", validity(cert, now, f"certificate {cert_path}")))
         out.append(("clock", clock_verdict(cert, now)))
     if ca_path:
-        try:
-            cas = load_ca(ca_path, "ca")
-        except ProvisionError as exc:
-            out.append(("ca", Verdict(FAIL, f"{exc}; fix [aws] ca")))
-        else:
-            end = min(c.not_valid_after_utc for c in cas)
-            level = FAIL if end <= now else OK
-            out.append(
-                (
-                    "ca",
-                    Verdict(
-                        level,
-                        f"{len(cas)} CA certificate(s) in {ca_path}, valid until {end:%Y-%m-%d}",
-                    ),
-                )
-            )
+        out.append(("ca", _ca_verdict(ca_path, now)))
     return out
+
+
+SMALL_BUNDLE = 4  # AmazonRootCA1.pem is one certificate; a system bundle holds a hundred
+
+
+def _ca_verdict(ca_path: Path, now: dt.datetime) -> Verdict:
+    try:
+        with warnings.catch_warnings():  # old roots in system bundles warn about their encoding
+            warnings.simplefilter("ignore")
+            cas = load_ca(ca_path, "ca")
+    except ProvisionError as exc:
+        return Verdict(FAIL, f"{exc}; fix [aws] ca")
+    valid = [c for c in cas if c.not_valid_after_utc > now]
+    if not valid:
+        end = max(c.not_valid_after_utc for c in cas)
+        return Verdict(FAIL, f"every CA certificate in {ca_path} expired (last {end:%Y-%m-%d})")
+    end = max(c.not_valid_after_utc for c in valid)
+    if len(cas) > SMALL_BUNDLE:
+        return Verdict(
+            WARN,
+            f"{ca_path} is a bundle of {len(cas)} CA certificates ({len(valid)} valid): the"
+            " tracker then trusts every one of them; for AWS IoT use AmazonRootCA1.pem",
+        )
+    return Verdict(OK, f"{len(cas)} CA certificate(s) in {ca_path}, valid until {end:%Y-%m-%d}")
