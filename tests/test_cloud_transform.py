@@ -192,3 +192,18 @@ def test_hostile_event_shapes_never_raise() -> None:
     out = transform.handler({"records": [None, 7, {"recordId": "x"}, {"data": 5}]})["records"]
     assert [r["result"] for r in out] == ["ProcessingFailed"] * 4
     assert out[2]["recordId"] == "x"
+
+
+def test_bench_script_runs_and_prints_its_numbers() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts/bench_transform.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--mb", "0.05", "--runs", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr  # 1: a target missed on a busy machine
+    assert "transform (one invocation)" in done.stdout and "baseline" in done.stdout
+    assert "peak memory" in done.stdout
