@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import awsiot
+import pytest
 from support.identity_responder import evaluate
 
 from tracker import identity
@@ -92,12 +93,22 @@ def test_tracker_policy_binds_the_thing_name() -> None:
     assert "iot:*" not in text
 
 
-def test_claim_policy_allows_only_fleet_provisioning() -> None:
-    got = resources("claim-policy.json", TEMPLATE_NAME=TEMPLATE)
+CERT_TOPIC = {
+    "csr": "$aws/certificates/create-from-csr/json",
+    "keys": "$aws/certificates/create/json",
+}
+
+
+@pytest.mark.parametrize("method", sorted(identity.CLAIM_POLICIES))
+def test_claim_policy_allows_only_fleet_provisioning(method: str) -> None:
+    """Each claim policy allows its method's certificate request and RegisterThing, no more."""
+    got = resources(identity.CLAIM_POLICIES[method], TEMPLATE_NAME=TEMPLATE)
     topics = {t.format(_Thing(THING)) for t in sdk_topics("iotidentity.py")}
     requests = {t for t in topics if t.endswith("/json")}
-    replies = topics - requests
-    assert requests and len(replies) == 2 * len(requests)
+    assert CERT_TOPIC[method] in requests
+    requests = {t for t in requests if "/certificates/" not in t or t == CERT_TOPIC[method]}
+    replies = {f"{t}/{r}" for t in requests for r in ("accepted", "rejected")}
+    assert replies <= topics and len(requests) == 2
 
     assert got["iot:Publish"] == {f"topic/{t}" for t in requests}
     assert got["iot:Subscribe"] == {f"topicfilter/{t}" for t in replies}
@@ -105,6 +116,14 @@ def test_claim_policy_allows_only_fleet_provisioning() -> None:
     (connect,) = got["iot:Connect"]
     assert fnmatch.fnmatchcase(f"client/{identity.CLIENT_ID_PREFIX}10000000c0ffee01", connect)
     assert not fnmatch.fnmatchcase(f"client/{THING}", connect)
+
+
+def test_default_claim_policy_does_not_offer_create_keys() -> None:
+    """The shipped claim policy matches the default method: the service never makes the key."""
+    text = (AWS_DIR / "claim-policy.json").read_text()
+    assert "$aws/certificates/create/" not in text
+    assert identity.Claim("e", Path("c"), Path("k"), Path("a"), "t").method == "csr"
+    assert identity.CLAIM_POLICIES["csr"] == "claim-policy.json"
 
 
 def test_template_registers_a_valid_thing_with_the_tracker_policy() -> None:

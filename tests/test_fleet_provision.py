@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import queue
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tracker.errors import ConfigError, ProvisionError
 from tracker.events import LinkDown, LinkUp
 
 SERIAL = "10000000c0ffee01"
+AWS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "aws"
 
 
 @pytest.fixture
@@ -122,6 +124,44 @@ def test_create_keys_and_certificate_alternative(
     )
     assert outcome.thing_name == "tracker-bench-7"
     assert any(t == "$aws/certificates/create/json" for t, _ in responder.requests)
+    assert not any("create-from-csr" in t for t, _ in responder.requests)
+
+
+@pytest.mark.parametrize("method", ["csr", "keys"])
+def test_each_method_publishes_only_what_its_claim_policy_allows(
+    tmp_path: Path, claim: identity.Claim, responder: IdentityResponder, method: str
+) -> None:
+    identity.fleet_provision(dataclasses.replace(claim, method=method), board(tmp_path))
+    policy = json.loads((AWS_DIR / identity.CLAIM_POLICIES[method]).read_text())
+    (publish,) = [s for s in policy["Statement"] if s["Action"] == "iot:Publish"]
+    allowed = {r.split(":topic/", 1)[1].replace("TEMPLATE_NAME", TEMPLATE_NAME)
+               for r in publish["Resource"]}  # fmt: skip
+    assert {t for t, _ in responder.requests} == allowed
+
+
+def test_keys_method_rejected_names_its_claim_policy(
+    tmp_path: Path, claim: identity.Claim, responder: IdentityResponder
+) -> None:
+    responder.reject["keys"] = (403, "AccessDenied", "not authorized")
+    with pytest.raises(ProvisionError, match=r"claim-policy-keys\.json") as err:
+        identity.fleet_provision(dataclasses.replace(claim, method="keys"), board(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["SerialNumber", "AWS::IoT::Certificate::Id"])
+def test_params_cannot_override_the_serial_or_service_values(
+    tmp_path: Path, claim: identity.Claim, responder: IdentityResponder, name: str
+) -> None:
+    root = board(tmp_path)
+    sneaky = dataclasses.replace(claim, parameters={name: "someone-elses"})
+    with pytest.raises(ProvisionError, match=f"--param {name} is not allowed"):
+        identity.fleet_provision(sneaky, root, serial="mine")
+    assert responder.requests == [] and installed_tree(root) == []
+    # other parameters go through, and SerialNumber is always the board's
+    extra = dataclasses.replace(claim, parameters={"Site": "depot-3"})
+    identity.fleet_provision(extra, root, serial="mine")
+    register = [json.loads(p) for t, p in responder.requests if t.endswith("/provision/json")]
+    assert register[0]["parameters"] == {"Site": "depot-3", "SerialNumber": "mine"}
     key = cred.load_private_key(provision.host_path(root, provision.KEY_FILE))
     assert cred.key_matches(cred.load_certificate(cert_path(root)), key)
 
@@ -262,6 +302,14 @@ def test_script_front_fleet(
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "provision: error: RegisterThing with template missing was rejected (404" in bad.stderr
     assert not (tmp_path / "b2").exists()
+    sneaky = subprocess.run(
+        [*args[:-6], "--serial", "cli-3", "--param", "SerialNumber=cli-4",
+         "--root", str(tmp_path / "b3")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sneaky.returncode == 2 and sneaky.stderr.count("\n") == 1
+    assert sneaky.stderr.startswith("provision: error: --param SerialNumber is not allowed")
+    assert not (tmp_path / "b3").exists()
 
 
 def test_endpoint_silent_or_down(tmp_path: Path, claim: identity.Claim, broker: Broker) -> None:

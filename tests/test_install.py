@@ -79,6 +79,7 @@ def test_staging_root_lays_out_every_file_and_runs_nothing(tmp_path: Path) -> No
         "etc/systemd/system/tracker-clock.service": 0o644,
         "opt/tracker/bin/tracker-provision": 0o755,
         "opt/tracker/share/99-gps.rules": 0o644,
+        "opt/tracker/share/aws/claim-policy-keys.json": 0o644,
         "opt/tracker/share/aws/claim-policy.json": 0o644,
         "opt/tracker/share/aws/provisioning-template.json": 0o644,
         "opt/tracker/share/aws/tracker-policy.json": 0o644,

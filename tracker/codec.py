@@ -36,6 +36,7 @@ COLUMNS: tuple[tuple[str, int, bool], ...] = (
     ("seq", 1, False),  # stored as the step minus one: consecutive seqs cost nothing
 )
 NCOL = len(COLUMNS)
+_NULLABLE = tuple(nullable for _, _, nullable in COLUMNS)
 _SEQ = NCOL - 1
 
 
@@ -235,37 +236,46 @@ def _decode_batch(doc: dict[str, Any]) -> list[Record]:
     state[_SEQ] = -1
     out: list[Record] = []
     for n, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) > NCOL:
+        if type(row) is not list or len(row) > NCOL:
             raise CodecError(f"batch row {n} is not a list of at most {NCOL} numbers")
-        row = row + [0] * (NCOL - len(row))
+        state[_SEQ] += 1  # seq steps by one more than the stored difference
         vals: list[int | None] = []
-        for i, (d, (name, _, nullable)) in enumerate(zip(row, COLUMNS, strict=False)):
-            if d is None and nullable:
+        for i, d in enumerate(row):
+            if type(d) is int:  # not bool
+                state[i] += d
+                vals.append(state[i])
+            elif d is None and _NULLABLE[i]:
                 vals.append(None)
-                continue
-            if not _is_int(d):
-                raise CodecError(f"batch row {n}: {name} {_show(d)} is not an integer")
-            state[i] += d + (1 if i == _SEQ else 0)
-            vals.append(state[i])
+            else:
+                raise CodecError(f"batch row {n}: {COLUMNS[i][0]} {_show(d)} is not an integer")
+        vals.extend(state[len(vals) :])  # left-out trailing columns did not change
         out.append(_record(n, vals, triggers))
     return out
 
 
 def _record(n: int, vals: list[int | None], triggers: list[str]) -> Record:
-    t_ms, trig, mode, seq = vals[0], vals[8], vals[9], vals[_SEQ]
+    t_ms, lat, lon, speed, course, alt, hdop, sats, trig, mode, seq = vals
     assert t_ms is not None and trig is not None and mode is not None and seq is not None
+    assert lat is not None and lon is not None
     if not 0 <= trig < len(triggers):
         raise CodecError(f"batch row {n}: trigger index {trig} is not in tt")
     if not 0 <= seq <= MAX_SEQ:
         raise CodecError(f"batch row {n}: seq {_show(seq)} is outside 0..{MAX_SEQ}")
-    kw: dict[str, Any] = {}
     try:
-        time = EPOCH + MS * t_ms
-        for (name, scale, _), v in zip(COLUMNS[1:8], vals[1:8], strict=True):
-            kw[name] = None if v is None else _unscale(v, name, scale)
+        fix = Fix(
+            time=EPOCH + MS * t_ms,
+            lat=lat / 10_000_000,
+            lon=lon / 10_000_000,
+            alt=None if alt is None else alt / 100,
+            speed=None if speed is None else speed / 100,
+            course=None if course is None else course / 10,
+            mode=mode,
+            sats=sats,
+            hdop=None if hdop is None else hdop / 100,
+        )
     except OverflowError as exc:
         raise CodecError(f"batch row {n}: a value is out of range") from exc
-    return Record(seq, _checked(Fix(time=time, mode=mode, **kw)), triggers[trig])
+    return Record(seq, _checked(fix), triggers[trig])
 
 
 def _checked(fix: Fix) -> Fix:

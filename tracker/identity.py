@@ -32,6 +32,9 @@ SERIAL_SOURCES = (
     "/etc/machine-id",
 )
 SERIAL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The claim policy that allows each method's topics (deploy/aws/): CSR is the default and the
+# shipped claim-policy.json allows nothing else; CreateKeysAndCertificate needs its own policy.
+CLAIM_POLICIES = {"csr": "claim-policy.json", "keys": "claim-policy-keys.json"}
 # What to fix, by the status code of a rejection.
 _HINTS = {
     400: "the request was malformed: check the template's parameters (--param)",
@@ -356,7 +359,13 @@ def fleet_provision(
     serial = serial or read_serial(root)
     if not SERIAL_RE.fullmatch(serial):
         raise ProvisionError(f"serial number {serial!r} is invalid; use 1-64 of A-Z a-z 0-9 _ -")
-    params = {"SerialNumber": serial, **claim.parameters}
+    for name in claim.parameters:
+        if name == "SerialNumber" or name.startswith("AWS::"):
+            what = "--serial" if name == "SerialNumber" else "the service"
+            raise ProvisionError(
+                f"--param {name} is not allowed: {name} is set by {what}, not by --param"
+            )
+    params = {**claim.parameters, "SerialNumber": serial}
     ca_pem = claim.ca.read_bytes()
     # settings and the target tree are checked before the service issues anything
     who = provision.service_owner(root) if owner == "auto" else owner
@@ -382,7 +391,13 @@ def fleet_provision(
             issued = session.create_certificate_from_csr(cred.make_csr(key, serial))
             key_pem = cred.private_key_pem(key)
         else:
-            issued = session.create_keys_and_certificate()
+            try:
+                issued = session.create_keys_and_certificate()
+            except ProvisionError as exc:
+                raise ProvisionError(
+                    f"{exc} (--method keys needs the claim policy from deploy/aws/"
+                    f"{CLAIM_POLICIES['keys']}; {CLAIM_POLICIES['csr']} allows only the CSR)"
+                ) from exc
             key_pem = issued.private_key.encode()
         registration = session.register_thing(claim.template, issued.ownership_token, params)
     finally:
