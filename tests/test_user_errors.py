@@ -451,3 +451,15 @@ def test_a_rejection_code_cannot_flood_or_forge_log_lines(
     assert "\n" not in result.ignored and len(result.ignored) < 300
     (record,) = [r for r in caplog.records if "get rejected" in r.getMessage()]
     assert "\n" not in record.getMessage() and len(record.getMessage()) < 300
+
+
+def test_provisioning_values_never_show_the_private_key_in_their_repr(tmp_path: Path) -> None:
+    from tracker.provision import Bundle, Change
+
+    secret = b"-----BEGIN PRIVATE KEY-----\nSECRETSECRET\n-----END PRIVATE KEY-----\n"
+    bundle = Bundle("t1", "example.iot", b"CERT", secret, b"CA")
+    change = Change(tmp_path / "device.key", "create", 0o600, data=secret)
+    for value in (bundle, change):
+        assert "SECRETSECRET" not in repr(value) and "PRIVATE KEY" not in repr(value)
+        assert "SECRETSECRET" not in str(value)
+    assert "t1" in repr(bundle) and "device.key" in repr(change)

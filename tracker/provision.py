@@ -44,7 +44,7 @@ class Bundle:
     thing_name: str
     endpoint: str
     cert_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # never in a log line or a traceback
     ca_pem: bytes
     port: int = 8883
     settings: Settings = field(default_factory=dict)
@@ -67,7 +67,7 @@ class Change:
     action: str  # create, replace, unchanged
     mode: int
     kind: str = "file"  # file or dir
-    data: bytes = b""
+    data: bytes = field(default=b"", repr=False)  # may be the private key
 
     def describe(self, owner: Owner | None) -> str:
         who = owner.name if owner else "root"
