@@ -566,3 +566,33 @@ def test_any_delta_leaves_a_valid_config(
     assert sync.config.device == cfg.device and sync.config.aws.endpoint == cfg.aws.endpoint
     for path in res.applied:
         assert path in settings_store.REMOTE
+
+
+def test_a_flood_of_unknown_keys_is_one_short_log_line(
+    cfg: Config, store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync = ShadowSync(THING, cfg, store)
+    sync.on_connected()
+    caplog.clear()
+    res = sync.on_message(f"{PREFIX}/update/delta", delta({f"k{i}": 1 for i in range(5000)}, 5))
+    assert len(res.rejected) == 201 and res.config is None  # at most 200 keys are read
+    assert res.rejected["desired"] == "too many keys; at most 200 are read"
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and len(lines[0]) < 600
+    assert lines[0].endswith("; and 196 more")
+    (_, report) = res.publish[0]
+    assert len(report) <= REPORT_LIMIT
+
+
+@pytest.mark.parametrize("version", [10**30, 2**53 + 1])
+def test_an_impossible_shadow_version_cannot_make_later_deltas_stale(
+    cfg: Config, store: Path, version: int
+) -> None:
+    sync = ShadowSync(THING, cfg, store)
+    sync.on_connected()
+    forged = sync.on_message(
+        f"{PREFIX}/update/delta", delta({"policy": {"distance_m": 50}}, version)
+    )
+    assert forged.config is None and forged.ignored
+    real = sync.on_message(f"{PREFIX}/update/delta", delta({"policy": {"distance_m": 60}}, 11))
+    assert real.applied == {"policy.distance_m": 60}

@@ -106,9 +106,14 @@ def _depth(doc: Any) -> int:
     return deepest
 
 
+MAX_VERSION = 2**53  # the service counts one per update: a larger version is forged or broken
+MAX_LOGGED_KEYS = 5  # refused keys named in one log line; the rest are counted
+
+
 def _version(doc: Mapping[str, Any]) -> int | None:
     v = doc.get("version")
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_VERSION
+    return v if ok else None
 
 
 def _scalar(value: Any) -> tuple[bool, Any]:
@@ -314,9 +319,12 @@ class ShadowSync:
                 ", ".join(f"{k}={v}" for k, v in change.applied.items()),
             )
         if errors_changed and change.rejected:
+            items = list(change.rejected.items())
+            more = len(items) - MAX_LOGGED_KEYS
             log.warning(
-                "remote settings refused: %s",
-                "; ".join(f"{k}: {v}" for k, v in change.rejected.items()),
+                "remote settings refused: %s%s",
+                "; ".join(f"{clip(k, 40)}: {v}" for k, v in items[:MAX_LOGGED_KEYS]),
+                f"; and {more} more" if more > 0 else "",
             )
         publish: list[Message] = []
         if reported is not None:
