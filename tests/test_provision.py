@@ -298,3 +298,26 @@ def test_script_front(tmp_path: Path, pki: Pki) -> None:
         *common, "--cert", str(tmp_path / "none.crt"), "--key", str(pki.client.key)
     )
     assert missing.returncode == 2 and "none.crt" in missing.stderr
+
+
+def test_under_umask_000_new_parent_directories_are_0755_not_0777(tmp_path: Path, pki: Pki) -> None:
+    root = tmp_path / "root"
+    old = os.umask(0)
+    try:
+        provision.install(bundle_from(pki), root, owner=None)
+    finally:
+        os.umask(old)
+    modes = {k: v[0] for k, v in tree(root).items()}
+    assert modes["etc"] == modes["var"] == modes["var/lib"] == 0o755
+    assert modes["etc/tracker"] == 0o700
+    assert not [k for k, m in modes.items() if m & 0o002]  # nothing world-writable
+
+
+def test_a_board_without_the_service_user_is_warned_about(tmp_path: Path, pki: Pki) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    outcome = provision.install(bundle_from(pki), root)
+    assert outcome.owner is None
+    said = [w for w in outcome.warnings if "no user tracker" in w]
+    assert len(said) == 1 and "cannot read them" in said[0]

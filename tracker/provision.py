@@ -296,7 +296,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _make_dir(change: Change, owner: Owner | None) -> None:
-    change.path.mkdir(parents=True, exist_ok=True)
+    # parents the board lacks are made 0755 whatever the umask (under umask 000 they were 0777)
+    for parent in reversed(change.path.parents):
+        if not parent.exists():
+            parent.mkdir()
+            os.chmod(parent, 0o755)
+    change.path.mkdir(exist_ok=True)
     if change.path.is_symlink() or not change.path.is_dir():
         raise ProvisionError(f"{change.path} exists and is not a directory; move it away")
     os.chmod(change.path, change.mode)
@@ -422,6 +427,12 @@ def install(
     warnings = check_bundle(bundle, now)
     who = service_owner(root) if owner == "auto" else owner
     assert not isinstance(who, str)
+    if owner == "auto" and who is None:
+        warnings.append(
+            f"no user {SERVICE_USER} on this board ({host_path(root, '/etc/passwd')}): its files"
+            f" stay root's, mode 0600/0700, and the service (User={SERVICE_USER}) cannot read"
+            f" them; create the user first (scripts/install) and provision again"
+        )
     changes = plan(bundle, root, who)
     differs = [c for c in changes if c.action == "replace"]
     if differs and not force:
