@@ -109,17 +109,23 @@ class Spool:
     def put(self, fix: Fix, trigger: str = "") -> Record | None:
         """Store a fix, committed and synced before returning; None when it was dropped."""
         backlog = self._count - len(self._acked)
-        evict = 0
+        evict, reason = 0, "full_oldest"
         if backlog >= self.max_fixes:
             if self.drop_policy == "newest":
                 self._drop("full_newest", 1)
                 self.flush()  # the count survives a restart
                 return None
             evict = backlog - self.max_fixes + 1
+        elif self._no_room():  # what is left of the ballast is for deletes, not for new fixes
+            if self.drop_policy == "newest":
+                self._drop("disk_full", 1)
+                self.flush(retry=False)
+                return None
+            evict, reason = 1, "disk_full"  # one out, one in: the database does not grow
         record = Record(self.next_seq, fix, trigger)
         self._sidecar.reserve(record.seq + 1)
         try:
-            self._insert(record, evict, "full_oldest")
+            self._insert(record, evict, reason)
         except _Corrupt as exc:
             self._move_aside(str(exc))
             self._reopen_after_recovery()
@@ -135,9 +141,8 @@ class Spool:
                 raise self._error("write", exc) from exc
             if not self._put_on_full_disk(record, evict):
                 return None
-        else:
-            if not self._ballast.present():  # given up on a full disk: back when there is room
-                self._ballast.restore()
+        if not self._ballast.present() and not self._ballast.restore():
+            self._checkpoint()  # still full: the WAL starts over instead of growing
         self.next_seq += 1
         return record
 
@@ -328,15 +333,32 @@ class Spool:
                     break
             n *= 2
         self._drop("disk_full", 1)
-        self.flush()  # the count survives a restart
+        self.flush(retry=False)  # the count survives a restart (or waits for the next flush)
         return False
 
+    def _no_room(self) -> bool:
+        """The disk is full, the ballast spent, and the database has no free page."""
+        if self._ballast.present() or not self._ballast.disk_full():
+            return False
+        try:
+            return bool(self._conn().execute("PRAGMA freelist_count").fetchone()[0] == 0)
+        except sqlite3.Error:
+            return False
+
     def _make_room(self) -> None:
-        """On a really full disk give up the ballast; checkpoint so the WAL is reused, not grown."""
-        if self._ballast.disk_full():
-            self._ballast.release()
-        with contextlib.suppress(sqlite3.Error):
-            self._conn().execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        """Checkpoint so the WAL is reused, not grown; on a full disk the ballast pays for it."""
+        if self._checkpoint() or not self._ballast.disk_full() or not self._ballast.release():
+            return
+        self._checkpoint()  # it may have had to grow the database file: the ballast paid
+        self._ballast.retake()  # what is left stays reserved, not for new fixes
+
+    def _checkpoint(self) -> bool:
+        """Copy the whole WAL into the database so that it starts over; True when it did."""
+        try:
+            busy, frames, done = self._conn().execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0 and frames == done)
 
     def _drop(self, reason: str, n: int) -> None:
         if n:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 SEQ_BLOCK = 1000  # seqs reserved ahead in the sidecar file: one small atomic write per block
 LOST_RANGES = 8  # most recent seq ranges possibly lost, kept in the sidecar
 BALLAST_BYTES = 256 * 1024  # PATH.reserve, given up when the disk is full
+RETAKE_MARGIN = 16 * 1024  # left free when the ballast is taken back: the sidecar's writes
 WAL_SLACK = 8  # WAL frames a transaction may add past the autocheckpoint (max_file_bytes)
 
 
@@ -156,18 +157,34 @@ class Ballast:
         return True
 
     def restore(self) -> bool:
-        """Write the ballast when twice its size is free; True when it is in place."""
+        """Write the whole ballast when twice its size is free; True when it is in place."""
         if self.present():
             return True
         try:
             st = os.statvfs(self.path.parent)
-            if st.f_bavail * st.f_frsize < 2 * self.size:
-                return False
+        except OSError:
+            return False
+        if st.f_bavail * st.f_frsize < 2 * self.size:
+            return False
+        return self._allocate(self.size)
+
+    def retake(self) -> None:
+        """Take back as much of the ballast as the disk still has free (after a checkpoint)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        size = min(self.size, st.f_bavail * st.f_frsize - RETAKE_MARGIN) // 4096 * 4096
+        if size > 0:
+            self._allocate(size)
+
+    def _allocate(self, size: int) -> bool:
+        try:
             with open(self.path, "wb") as f:
                 try:  # blocks allocated without writing them (no flash wear)
-                    os.posix_fallocate(f.fileno(), 0, self.size)
+                    os.posix_fallocate(f.fileno(), 0, size)
                 except OSError:
-                    f.write(bytes(self.size))
+                    f.write(bytes(size))
                     f.flush()
                 os.fsync(f.fileno())
             return True
