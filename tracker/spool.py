@@ -12,26 +12,16 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tracker import spool_sql
 from tracker.clock import Clock, SystemClock
 from tracker.errors import SpoolError
 from tracker.fix import Fix, Record
-from tracker.spool_files import Ballast, SeqSidecar, fsync_dir, move_aside, prepare_dir
+from tracker.spool_files import SeqSidecar, fsync_dir, move_aside, prepare_dir
 from tracker.spool_loss import Found, look, settle
+from tracker.spool_room import Room
 from tracker.spool_rows import COLS, HELD_SEQS, MARKS, SpoolStats, to_record, to_row
 from tracker.spool_rows import kind as _kind
-from tracker.spool_sql import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    apply_caps,
-    db_last,
-    delete_seqs,
-    evict_oldest,
-    first_pending,
-    held_seqs,
-    move_to_held,
-    set_drops,
-    set_meta,
-)
+from tracker.spool_sql import SCHEMA, SCHEMA_VERSION
 
 __all__ = ["Spool", "SpoolStats"]
 
@@ -39,6 +29,7 @@ log = logging.getLogger(__name__)
 
 EVICT_ON_DISK_FULL = 16  # oldest rows dropped first when the disk is full (doubled until it fits)
 DROP_POLICIES = ("oldest", "newest")
+
 
 class _Corrupt(Exception):
     """The database file is not a database or is malformed."""
@@ -88,7 +79,7 @@ class Spool:
         self._db: sqlite3.Connection | None = None
         prepare_dir(self.path)
         self._sidecar = side = SeqSidecar(self.path)
-        self._ballast = Ballast(self.path)
+        self._room = Room(self.path, self._checkpoint, self._free_pages)
         found: Found | None = look(self.path, side)  # before SQLite recovers a damaged WAL
         self.next_seq = 1
         try:
@@ -102,7 +93,7 @@ class Spool:
             raise
         self.next_seq = settle(side, found, self.next_seq - 1, fresh, self.path)
         side.opened(self.next_seq, self._first_pending())
-        self._ballast.restore()
+        self._room.ballast.restore()
 
     # --- the contract ---------------------------------------------------------------------------
 
@@ -116,7 +107,7 @@ class Spool:
                 self.flush()  # the count survives a restart
                 return None
             evict = backlog - self.max_fixes + 1
-        elif self._no_room():  # what is left of the ballast is for deletes, not for new fixes
+        elif self._room.none_left():  # the ballast's rest is for deletes, not new fixes
             if self.drop_policy == "newest":
                 self._drop("disk_full", 1)
                 self.flush(retry=False)
@@ -141,8 +132,7 @@ class Spool:
                 raise self._error("write", exc) from exc
             if not self._put_on_full_disk(record, evict):
                 return None
-        if not self._ballast.present() and not self._ballast.restore():
-            self._checkpoint()  # still full: the WAL starts over instead of growing
+        self._room.after_put()
         self.next_seq += 1
         return record
 
@@ -156,16 +146,16 @@ class Spool:
             SpoolError: `seq` is not a stored, unacknowledged record, or the write failed.
         """
         moved = 0
-        for attempt in range(2):
+        for attempt in range(0 if seq in self._acked else 2):
             try:
                 with self._txn() as db:
-                    moved = move_to_held(db, seq, reason)
+                    moved = spool_sql.move_to_held(db, seq, reason)
                 break
             except sqlite3.DatabaseError as exc:
                 if _kind(exc) != "full" or attempt:
                     raise self._error("write", exc) from exc
-                self._make_room()
-        if moved < 1 or seq in self._acked:
+                self._room.make()
+        if moved < 1:
             raise SpoolError(
                 f"spool {self.path}: seq {seq} is not a stored record waiting to be sent;"
                 " set aside only records taken from the spool"
@@ -240,11 +230,11 @@ class Spool:
         done = set(self._acked)
         try:
             with self._txn() as db:
-                n = delete_seqs(db, done)
+                n = spool_sql.delete_seqs(db, done)
                 if self.next_seq - 1 in done:  # the table may lose its max seq: keep a floor
-                    set_meta(db, {"seq_floor": self.next_seq})
+                    spool_sql.set_meta(db, {"seq_floor": self.next_seq})
                 if self._dirty_drops:
-                    set_drops(db, self._dropped)
+                    spool_sql.set_drops(db, self._dropped)
         except _Corrupt as exc:
             self._move_aside(str(exc))
             self._reopen_after_recovery()
@@ -253,7 +243,7 @@ class Spool:
             if _kind(exc) != "full":
                 raise self._error("write", exc) from exc
             if retry:
-                self._make_room()
+                self._room.make()
                 self.flush(retry=False)
             return  # the deletes and counts wait for the next transaction
         self._count -= n
@@ -277,7 +267,7 @@ class Spool:
         with contextlib.suppress(sqlite3.Error, _Corrupt):
             if self._db_last() < self.next_seq - 1:  # a failed write used the last seq
                 with self._txn() as db:
-                    set_meta(db, {"seq_floor": self.next_seq})
+                    spool_sql.set_meta(db, {"seq_floor": self.next_seq})
         with contextlib.suppress(sqlite3.Error):
             self._sidecar.closed(self._db_last(), self._first_pending())
 
@@ -294,12 +284,12 @@ class Spool:
         gone: list[int] = []
         dropped = dict(self._dropped)
         with self._txn() as db:
-            n = delete_seqs(db, done)
-            if evict and (gone := evict_oldest(db, evict)):
+            n = spool_sql.delete_seqs(db, done)
+            if evict and (gone := spool_sql.evict_oldest(db, evict)):
                 dropped[reason] = dropped.get(reason, 0) + len(gone)
             db.execute(f"INSERT INTO fix ({COLS}) VALUES ({MARKS})", to_row(record))
             if gone or self._dirty_drops:
-                set_drops(db, dropped)
+                spool_sql.set_drops(db, dropped)
         self._count += 1 - n - len(gone)
         self._acked -= done
         self._in_flight.difference_update(gone)
@@ -327,7 +317,7 @@ class Spool:
                     break
                 if not room:  # the eviction itself needs WAL space: make some, then try again
                     room = True
-                    self._make_room()
+                    self._room.make()
                     continue
                 if n >= self._count:
                     break
@@ -336,21 +326,11 @@ class Spool:
         self.flush(retry=False)  # the count survives a restart (or waits for the next flush)
         return False
 
-    def _no_room(self) -> bool:
-        """The disk is full, the ballast spent, and the database has no free page."""
-        if self._ballast.present() or not self._ballast.disk_full():
-            return False
+    def _free_pages(self) -> int:
         try:
-            return bool(self._conn().execute("PRAGMA freelist_count").fetchone()[0] == 0)
+            return int(self._conn().execute("PRAGMA freelist_count").fetchone()[0])
         except sqlite3.Error:
-            return False
-
-    def _make_room(self) -> None:
-        """Checkpoint so the WAL is reused, not grown; on a full disk the ballast pays for it."""
-        if self._checkpoint() or not self._ballast.disk_full() or not self._ballast.release():
-            return
-        self._checkpoint()  # it may have had to grow the database file: the ballast paid
-        self._ballast.retake()  # what is left stays reserved, not for new fixes
+            return -1
 
     def _checkpoint(self) -> bool:
         """Copy the whole WAL into the database so that it starts over; True when it did."""
@@ -413,15 +393,7 @@ class Spool:
         self._db = db
         try:
             fresh = not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-            if fresh:
-                db.execute("PRAGMA page_size = 1024")  # a WAL frame per put: 1 KB, not 4 KB
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA secure_delete = OFF")
-            db.execute("PRAGMA journal_size_limit = 4194304")
-            if self.max_file_bytes:
-                apply_caps(db, self.path, self.max_file_bytes)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            version = spool_sql.configure(db, fresh, self.path, self.max_file_bytes)
             if version > SCHEMA_VERSION:
                 raise SpoolError(
                     f"spool {self.path} was written by a newer tracker (schema {version});"
@@ -431,10 +403,7 @@ class Spool:
                 raise _Corrupt("quick_check failed")
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._count = db.execute("SELECT count(*) FROM fix").fetchone()[0]
-            self._held = held_seqs(db)
-            top = self._db_last()
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            self._count, self._held, top, meta = spool_sql.load(db)
         except sqlite3.DatabaseError as exc:
             if _kind(exc) == "corrupt":
                 raise _Corrupt(str(exc)) from exc
@@ -446,11 +415,11 @@ class Spool:
         return fresh
 
     def _db_last(self) -> int:
-        return db_last(self._conn())
+        return spool_sql.db_last(self._conn())
 
     def _first_pending(self) -> int:
         try:
-            return first_pending(self._conn(), self.next_seq)
+            return spool_sql.first_pending(self._conn(), self.next_seq)
         except sqlite3.Error:
             return 1
 
@@ -519,4 +488,3 @@ class Spool:
             f"cannot {what} the spool {self.path}: {exc}; check the disk and"
             " that the tracker's user may write there"
         )
-

@@ -1,4 +1,4 @@
-"""The spool's files beside its database: seq sidecar, disk-full ballast, corrupt files moved aside.
+"""The spool's files beside its database: the seq sidecar and corrupt files moved aside.
 
 Standard library (os, json, pathlib) and `tracker.errors` only; must not import sqlite3: only
 `tracker.spool` does.
@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 1000  # seqs reserved ahead in the sidecar file: one small atomic write per block
 LOST_RANGES = 8  # most recent seq ranges possibly lost, kept in the sidecar
-BALLAST_BYTES = 256 * 1024  # PATH.reserve, given up when the disk is full
-RETAKE_MARGIN = 16 * 1024  # left free when the ballast is taken back: the sidecar's writes
 WAL_SLACK = 8  # WAL frames a transaction may add past the autocheckpoint (max_file_bytes)
 
 
@@ -121,77 +119,6 @@ class SeqSidecar:
 
 def _int(value: object, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-class Ballast:
-    """PATH.reserve: a file of zeros kept beside the database to be deleted when the disk fills.
-
-    Deleting it leaves room for the checkpoint and the eviction transaction that make space for
-    new fixes; it is written again once the disk has plenty of room.
-    """
-
-    def __init__(self, db_path: Path, size: int = BALLAST_BYTES) -> None:
-        self.path = db_path.with_name(db_path.name + ".reserve")
-        self.size = size
-
-    def present(self) -> bool:
-        try:
-            return self.path.stat().st_size >= self.size
-        except OSError:
-            return False
-
-    def disk_full(self) -> bool:
-        """True when less than the ballast's size is free: the disk, not a size cap, is full."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return True
-        return st.f_bavail * st.f_frsize < self.size
-
-    def release(self) -> bool:
-        """Delete the ballast; True when there was one to delete."""
-        try:
-            self.path.unlink()
-        except OSError:
-            return False
-        return True
-
-    def restore(self) -> bool:
-        """Write the whole ballast when twice its size is free; True when it is in place."""
-        if self.present():
-            return True
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return False
-        if st.f_bavail * st.f_frsize < 2 * self.size:
-            return False
-        return self._allocate(self.size)
-
-    def retake(self) -> None:
-        """Take back as much of the ballast as the disk still has free (after a checkpoint)."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return
-        size = min(self.size, st.f_bavail * st.f_frsize - RETAKE_MARGIN) // 4096 * 4096
-        if size > 0:
-            self._allocate(size)
-
-    def _allocate(self, size: int) -> bool:
-        try:
-            with open(self.path, "wb") as f:
-                try:  # blocks allocated without writing them (no flash wear)
-                    os.posix_fallocate(f.fileno(), 0, size)
-                except OSError:
-                    f.write(bytes(size))
-                    f.flush()
-                os.fsync(f.fileno())
-            return True
-        except OSError:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            return False
 
 
 def size_caps(db_path: Path, max_bytes: int, page: int) -> tuple[int, int, int]:

@@ -37,6 +37,27 @@ class Conn(Protocol):
     def executemany(self, sql: str, parameters: Any, /) -> Cursor: ...
 
 
+def configure(db: Conn, fresh: bool, path: Path, max_bytes: int | None) -> int:
+    """WAL, synced commits, 1 KB pages for a new file, the size cap; returns the schema version."""
+    if fresh:
+        db.execute("PRAGMA page_size = 1024")  # a WAL frame per put: 1 KB, not 4 KB
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA secure_delete = OFF")
+    db.execute("PRAGMA journal_size_limit = 4194304")
+    if max_bytes:
+        apply_caps(db, path, max_bytes)
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def load(db: Conn) -> tuple[int, list[int], int, dict[str, int]]:
+    """Rows queued, seqs held, the highest seq used, the meta values."""
+    count = int(db.execute("SELECT count(*) FROM fix").fetchone()[0])
+    held = [r[0] for r in db.execute("SELECT seq FROM held ORDER BY seq").fetchall()]
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    return count, held, db_last(db), meta
+
+
 def apply_caps(db: Conn, path: Path, max_bytes: int) -> None:
     """Keep the database and its WAL under `max_bytes`: a small WAL, the rest for pages."""
     page = db.execute("PRAGMA page_size").fetchone()[0]
@@ -60,10 +81,6 @@ def first_pending(db: Conn, default: int) -> int:
     """The lowest seq stored and not yet acknowledged (`default` when there is none)."""
     low = db.execute("SELECT min(seq) FROM fix").fetchone()[0]
     return int(low) if low is not None else default
-
-
-def held_seqs(db: Conn) -> list[int]:
-    return [r[0] for r in db.execute("SELECT seq FROM held ORDER BY seq").fetchall()]
 
 
 def move_to_held(db: Conn, seq: int, reason: str) -> int:
