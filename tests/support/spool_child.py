@@ -23,7 +23,7 @@ def run_until_killed(path: Path, seed: int, lines: int) -> list[str]:
         text=True,
     )
     assert child.stdout is not None and child.stderr is not None
-    said = []
+    said: list[str] = []
     try:
         while len(said) < lines:
             line = child.stdout.readline()
