@@ -200,10 +200,14 @@ def test_drop_newest_when_full_keeps_the_old_and_does_not_use_a_seq(path: Path) 
 def test_disk_full_keeps_running_drops_by_policy_and_reports(
     path: Path, policy: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Spool(path, drop_policy=policy, max_file_bytes=12_000) as spool:
-        results = [spool.put(fix(i)) for i in range(500)]  # about 3 times what fits
+    with Spool(path, drop_policy=policy, max_file_bytes=30_000) as spool:
+        results, sizes = [], []
+        for i in range(500):  # about 3 times what fits
+            results.append(spool.put(fix(i)))
+            sizes.append(spool.stats().file_bytes)
         stored = [r for r in results if r is not None]
         stats = spool.stats()
+        assert max(sizes) <= 30_000  # the WAL counts
         assert 0 < stats.dropped["disk_full"] == 500 - stats.backlog
         on_disk = rows(path)
         if policy == "oldest":

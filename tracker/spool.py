@@ -10,45 +10,25 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
+from tracker import spool_sql
 from tracker.clock import Clock, SystemClock
 from tracker.errors import SpoolError
 from tracker.fix import Fix, Record
 from tracker.spool_files import SeqSidecar, fsync_dir, move_aside, prepare_dir
+from tracker.spool_loss import Found, look, settle
+from tracker.spool_room import Room
+from tracker.spool_rows import COLS, HELD_SEQS, MARKS, SpoolStats, to_record, to_row
+from tracker.spool_rows import kind as _kind
+from tracker.spool_sql import SCHEMA, SCHEMA_VERSION
+
+__all__ = ["Spool", "SpoolStats"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 EVICT_ON_DISK_FULL = 16  # oldest rows dropped first when the disk is full (doubled until it fits)
 DROP_POLICIES = ("oldest", "newest")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-US = timedelta(microseconds=1)
-COLS = "seq, t_us, lat, lon, alt, speed, course, mode, sats, hdop, trigger"
-MARKS = ",".join("?" * 11)
-FIX_FIELDS = ("lat", "lon", "alt", "speed", "course", "mode", "sats", "hdop")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS fix (
-    seq INTEGER PRIMARY KEY, t_us INTEGER NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL,
-    alt REAL, speed REAL, course REAL, mode INTEGER NOT NULL, sats INTEGER, hdop REAL,
-    trigger TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-"""
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """Counters for condition messages and logs."""
-
-    backlog: int  # records not yet acknowledged (ready + in flight)
-    in_flight: int
-    dropped: dict[str, int]  # by reason: "full_oldest", "full_newest", "disk_full"
-    recovered_corrupt: int  # times a corrupt file was moved aside
-    next_seq: int
-    file_bytes: int
 
 
 class _Corrupt(Exception):
@@ -94,40 +74,49 @@ class Spool:
         self._dropped: dict[str, int] = {}
         self._dirty_drops = False
         self._disk_full = False
-        self._count = 0  # rows in the table
+        self._count = 0  # rows in the fix table
+        self._held: list[int] = []  # seqs set aside, oldest first
         self._db: sqlite3.Connection | None = None
         prepare_dir(self.path)
-        self._sidecar = SeqSidecar(self.path)
+        self._sidecar = side = SeqSidecar(self.path)
+        self._room = Room(self.path, self._checkpoint, self._free_pages)
+        found: Found | None = look(self.path, side)  # before SQLite recovers a damaged WAL
         self.next_seq = 1
         try:
             fresh = self._open()
         except _Corrupt as exc:
-            self._move_aside(str(exc))
-            fresh = self._open_or_fail()
+            self._move_aside(str(exc))  # counted as corrupt: its fixes are in the moved file
+            fresh, found = self._open_or_fail(), None
         except SpoolError:
             if self._db is not None:
                 self._db.close()
             raise
-        if fresh:  # nothing on disk says which seqs were used: trust the reservation
-            self.next_seq = max(self.next_seq, self._sidecar.reserved)
-        self._sidecar.reserve(self.next_seq)
+        self.next_seq = settle(side, found, self.next_seq - 1, fresh, self.path)
+        side.opened(self.next_seq, self._first_pending())
+        self._room.ballast.restore()
 
     # --- the contract ---------------------------------------------------------------------------
 
     def put(self, fix: Fix, trigger: str = "") -> Record | None:
         """Store a fix, committed and synced before returning; None when it was dropped."""
         backlog = self._count - len(self._acked)
-        evict = 0
+        evict, reason = 0, "full_oldest"
         if backlog >= self.max_fixes:
             if self.drop_policy == "newest":
                 self._drop("full_newest", 1)
                 self.flush()  # the count survives a restart
                 return None
             evict = backlog - self.max_fixes + 1
+        elif self._room.none_left():  # the ballast's rest is for deletes, not new fixes
+            if self.drop_policy == "newest":
+                self._drop("disk_full", 1)
+                self.flush(retry=False)
+                return None
+            evict, reason = 1, "disk_full"  # one out, one in: the database does not grow
         record = Record(self.next_seq, fix, trigger)
         self._sidecar.reserve(record.seq + 1)
         try:
-            self._insert(record, evict, "full_oldest")
+            self._insert(record, evict, reason)
         except _Corrupt as exc:
             self._move_aside(str(exc))
             self._reopen_after_recovery()
@@ -143,8 +132,37 @@ class Spool:
                 raise self._error("write", exc) from exc
             if not self._put_on_full_disk(record, evict):
                 return None
+        self._room.after_put()
         self.next_seq += 1
         return record
+
+    def set_aside(self, seq: int, reason: str) -> None:
+        """Move a stored record (ready or in flight) to the `held` table, with `reason`.
+
+        Held records stay on disk (the spool never deletes them) and are never taken again: the
+        forwarder quarantines a record it cannot send instead of losing it silently.
+
+        Raises:
+            SpoolError: `seq` is not a stored, unacknowledged record, or the write failed.
+        """
+        moved = 0
+        for attempt in range(0 if seq in self._acked else 2):
+            try:
+                with self._txn() as db:
+                    moved = spool_sql.move_to_held(db, seq, reason)
+                break
+            except sqlite3.DatabaseError as exc:
+                if _kind(exc) != "full" or attempt:
+                    raise self._error("write", exc) from exc
+                self._room.make()
+        if moved < 1:
+            raise SpoolError(
+                f"spool {self.path}: seq {seq} is not a stored record waiting to be sent;"
+                " set aside only records taken from the spool"
+            )
+        self._in_flight.discard(seq)
+        self._count -= 1
+        self._held.append(seq)
 
     def take_newest(self) -> Record | None:
         """The newest ready record, now in flight; None when nothing is ready."""
@@ -199,28 +217,35 @@ class Spool:
             recovered_corrupt=self._sidecar.recovered,
             next_seq=self.next_seq,
             file_bytes=size,
+            lost=self._sidecar.lost,
+            lost_ranges=tuple(self._sidecar.lost_ranges),
+            held=len(self._held),
+            held_seqs=tuple(self._held[-HELD_SEQS:]),
         )
 
-    def flush(self) -> None:
+    def flush(self, *, retry: bool = True) -> None:
         """Delete acknowledged rows now (the daemon may call this on its periodic tick)."""
         if not self._acked and not self._dirty_drops:
             return
         done = set(self._acked)
         try:
             with self._txn() as db:
-                n = self._delete(db, done)
+                n = spool_sql.delete_seqs(db, done)
                 if self.next_seq - 1 in done:  # the table may lose its max seq: keep a floor
-                    _set_meta(db, {"seq_floor": self.next_seq})
+                    spool_sql.set_meta(db, {"seq_floor": self.next_seq})
                 if self._dirty_drops:
-                    _set_drops(db, self._dropped)
+                    spool_sql.set_drops(db, self._dropped)
         except _Corrupt as exc:
             self._move_aside(str(exc))
             self._reopen_after_recovery()
             return
         except sqlite3.OperationalError as exc:
-            if _kind(exc) == "full":
-                return  # the deletes and counts wait for the next transaction
-            raise self._error("write", exc) from exc
+            if _kind(exc) != "full":
+                raise self._error("write", exc) from exc
+            if retry:
+                self._room.make()
+                self.flush(retry=False)
+            return  # the deletes and counts wait for the next transaction
         self._count -= n
         self._acked -= done
         self._dirty_drops = False
@@ -232,9 +257,19 @@ class Spool:
             return
         try:
             self.flush()
+            self._stop_cleanly()
         finally:
             self._db.close()
             self._db = None
+
+    def _stop_cleanly(self) -> None:
+        """Record in the sidecar, before the WAL goes away, the exact last seq handed out."""
+        with contextlib.suppress(sqlite3.Error, _Corrupt):
+            if self._db_last() < self.next_seq - 1:  # a failed write used the last seq
+                with self._txn() as db:
+                    spool_sql.set_meta(db, {"seq_floor": self.next_seq})
+        with contextlib.suppress(sqlite3.Error):
+            self._sidecar.closed(self._db_last(), self._first_pending())
 
     def __enter__(self) -> Spool:
         return self
@@ -249,16 +284,12 @@ class Spool:
         gone: list[int] = []
         dropped = dict(self._dropped)
         with self._txn() as db:
-            n = self._delete(db, done)
-            if evict:
-                cur = db.execute("SELECT seq FROM fix ORDER BY seq LIMIT ?", (evict,))
-                gone = [r[0] for r in cur]
-                if gone:
-                    db.execute("DELETE FROM fix WHERE seq <= ?", (gone[-1],))
-                    dropped[reason] = dropped.get(reason, 0) + len(gone)
-            db.execute(f"INSERT INTO fix ({COLS}) VALUES ({MARKS})", _row(record))
+            n = spool_sql.delete_seqs(db, done)
+            if evict and (gone := spool_sql.evict_oldest(db, evict)):
+                dropped[reason] = dropped.get(reason, 0) + len(gone)
+            db.execute(f"INSERT INTO fix ({COLS}) VALUES ({MARKS})", to_row(record))
             if gone or self._dirty_drops:
-                _set_drops(db, dropped)
+                spool_sql.set_drops(db, dropped)
         self._count += 1 - n - len(gone)
         self._acked -= done
         self._in_flight.difference_update(gone)
@@ -271,6 +302,7 @@ class Spool:
             log.warning("spool %s: disk full, dropping %s fixes", self.path, self.drop_policy)
             self._disk_full = True
         n = max(evict, EVICT_ON_DISK_FULL)
+        room = False
         while self.drop_policy == "oldest" and self._count > 0:
             # freeing a whole page takes a page's worth of rows: double until the insert fits
             try:
@@ -281,22 +313,32 @@ class Spool:
                 self._reopen_after_recovery()
                 break
             except sqlite3.OperationalError as exc:
-                if _kind(exc) != "full" or n >= self._count:
+                if _kind(exc) != "full":
+                    break
+                if not room:  # the eviction itself needs WAL space: make some, then try again
+                    room = True
+                    self._room.make()
+                    continue
+                if n >= self._count:
                     break
             n *= 2
         self._drop("disk_full", 1)
+        self.flush(retry=False)  # the count survives a restart (or waits for the next flush)
         return False
 
-    def _delete(self, db: sqlite3.Connection, seqs: set[int]) -> int:
-        if not seqs:
-            return 0
-        ordered = sorted(seqs)
-        n = 0
-        for i in range(0, len(ordered), 500):  # stay under SQLite's bound-parameter limit
-            chunk = ordered[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            n += db.execute(f"DELETE FROM fix WHERE seq IN ({marks})", chunk).rowcount
-        return n
+    def _free_pages(self) -> int:
+        try:
+            return int(self._conn().execute("PRAGMA freelist_count").fetchone()[0])
+        except sqlite3.Error:
+            return -1
+
+    def _checkpoint(self) -> bool:
+        """Copy the whole WAL into the database so that it starts over; True when it did."""
+        try:
+            busy, frames, done = self._conn().execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0 and frames == done)
 
     def _drop(self, reason: str, n: int) -> None:
         if n:
@@ -322,7 +364,7 @@ class Spool:
                     rows = cur.fetchmany(limit - len(out))
                     if not rows:
                         break
-                    out += [_record(r) for r in rows if r[0] not in busy and r[0] not in acked]
+                    out += [to_record(r) for r in rows if r[0] not in busy and r[0] not in acked]
             finally:
                 cur.close()
         except sqlite3.DatabaseError as exc:
@@ -351,16 +393,7 @@ class Spool:
         self._db = db
         try:
             fresh = not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-            if fresh:
-                db.execute("PRAGMA page_size = 1024")  # a WAL frame per put: 1 KB, not 4 KB
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA secure_delete = OFF")
-            db.execute("PRAGMA journal_size_limit = 4194304")
-            if self.max_file_bytes:
-                page = db.execute("PRAGMA page_size").fetchone()[0]
-                db.execute(f"PRAGMA max_page_count = {max(2, self.max_file_bytes // page)}")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            version = spool_sql.configure(db, fresh, self.path, self.max_file_bytes)
             if version > SCHEMA_VERSION:
                 raise SpoolError(
                     f"spool {self.path} was written by a newer tracker (schema {version});"
@@ -370,18 +403,25 @@ class Spool:
                 raise _Corrupt("quick_check failed")
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._count = db.execute("SELECT count(*) FROM fix").fetchone()[0]
-            top = db.execute("SELECT max(seq) FROM fix").fetchone()[0] or 0
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            self._count, self._held, top, meta = spool_sql.load(db)
         except sqlite3.DatabaseError as exc:
             if _kind(exc) == "corrupt":
                 raise _Corrupt(str(exc)) from exc
             raise self._error("open", exc) from exc
         if fresh:
             fsync_dir(self.path.parent)
-        self.next_seq = max(self.next_seq, top + 1, meta.get("seq_floor", 1))
+        self.next_seq = max(self.next_seq, top + 1)
         self._dropped = {k[5:]: v for k, v in meta.items() if k.startswith("drop:")}
         return fresh
+
+    def _db_last(self) -> int:
+        return spool_sql.db_last(self._conn())
+
+    def _first_pending(self) -> int:
+        try:
+            return spool_sql.first_pending(self._conn(), self.next_seq)
+        except sqlite3.Error:
+            return 1
 
     def _open_or_fail(self) -> bool:
         try:
@@ -448,36 +488,3 @@ class Spool:
             f"cannot {what} the spool {self.path}: {exc}; check the disk and"
             " that the tracker's user may write there"
         )
-
-
-def _kind(exc: sqlite3.Error) -> str:
-    """'full', 'corrupt' or 'other', from the SQLite result code (or the message on 3.10)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        primary = code & 0xFF
-        return {13: "full", 11: "corrupt", 26: "corrupt"}.get(primary, "other")
-    msg = str(exc)
-    if "is full" in msg:
-        return "full"
-    if "malformed" in msg or "not a database" in msg:
-        return "corrupt"
-    return "other"
-
-
-def _set_meta(db: sqlite3.Connection, values: dict[str, int]) -> None:
-    db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items())
-
-
-def _set_drops(db: sqlite3.Connection, dropped: dict[str, int]) -> None:
-    _set_meta(db, {"drop:" + k: v for k, v in dropped.items()})
-
-
-def _row(rec: Record) -> tuple[Any, ...]:
-    values = (getattr(rec.fix, name) for name in FIX_FIELDS)
-    return (rec.seq, (rec.fix.time - EPOCH) // US, *values, rec.trigger)
-
-
-def _record(r: tuple[Any, ...]) -> Record:
-    seq, t_us, lat, lon, alt, speed, course, mode, sats, hdop, trigger = r
-    fix = Fix(EPOCH + US * t_us, lat, lon, alt, speed, course, mode, sats, hdop)
-    return Record(seq, fix, trigger)
