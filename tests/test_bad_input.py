@@ -229,3 +229,33 @@ def test_a_date_moved_by_the_rollover_rule_is_said_once_with_its_setting(
     assert "[gps] date_floor = 1999-08-22" in said[0]
     assert app.condition_fields("test")["gps"]["dates_rolled_over"] == app.decoder.stats.rolled_over
     assert app.decoder.stats.rolled_over > 10
+
+
+def test_a_stored_record_no_codec_can_carry_is_set_aside_and_the_rest_flows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spool written by an older tracker holds a 1e307 m altitude: it used to crash-loop."""
+    from tracker.spool import Spool
+
+    with Spool(tmp_path / "spool.db") as spool:
+        for i in range(30):
+            alt = 1e307 if i in (4, 29) else 100.0 + i
+            spool.put(Fix(T0, 39.4 + i * 1e-4, -119.7, alt=alt, mode=3), "distance")
+    harness = Harness(make_app(tmp_path))
+    harness.event(LinkUp())
+    app = harness.app
+    assert {r.seq for r in harness.uplink.records()} == set(range(1, 31)) - {5, 30}
+    st = app.spool.stats()
+    assert st.backlog == 0 and st.held == 2 and set(st.held_seqs) == {5, 30}
+    held = app.condition_fields("test")["spool"]
+    assert held["held"] == 2 and set(held["held_seqs"]) == {5, 30}
+    said = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(said) == 2 and all("alt 1e+307 is outside" in s for s in said)
+    assert app.internal_errors == 0
+    # the held records stay on disk for the operator
+    app.spool.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "spool.db") as db:
+        rows = db.execute("SELECT seq FROM held ORDER BY seq").fetchall()
+    assert rows == [(5,), (30,)]

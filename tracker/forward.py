@@ -6,6 +6,7 @@ Owns the in-flight bookkeeping (publish token -> seqs). Pure with respect to the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -16,6 +17,8 @@ from tracker.fix import Record
 
 if TYPE_CHECKING:  # the spool module is the only SQLite user; only its type is needed here
     from tracker.spool import Spool
+
+log = logging.getLogger(__name__)
 
 MIN_BATCH = 512  # the smallest [aws] batch_bytes allows
 MAX_TAKE = 2000  # records read for one batch at most
@@ -45,6 +48,7 @@ class ForwardStats:
     resent_fixes: int = 0  # fixes sent again after a release: the cloud may see them twice
     wire_bytes: int = 0
     payload_bytes: int = 0
+    held: int = 0  # records set aside because the codec cannot carry them
 
 
 def publish_packet_bytes(topic: str, payload_len: int) -> int:
@@ -112,6 +116,7 @@ class Forwarder:
                 "resent_fixes",
                 "wire_bytes",
                 "payload_bytes",
+                "held",
             ),
             0,
         )
@@ -214,15 +219,32 @@ class Forwarder:
             return
         self._top = newest
         rec = self._spool.take_newest()
-        if rec is not None:
-            self._publish((rec,), codec.encode_live(rec))
-            self._n["live_sent"] += 1
+        if rec is None:
+            return
+        try:
+            payload = codec.encode_live(rec)
+        except Exception as exc:
+            self._set_aside(rec, exc)
+            return
+        self._publish((rec,), payload)
+        self._n["live_sent"] += 1
 
     def _send_batch(self) -> bool:
         recs = self._spool.take_oldest(self._take)
         if not recs:
             return False
-        payload, n = codec.encode_batch(recs, self._batch_bytes)
+        try:
+            payload, n = codec.encode_batch(recs, self._batch_bytes)
+        except Exception:
+            good = []
+            for rec in recs:
+                try:
+                    codec.encode_live(rec)
+                    good.append(rec)
+                except Exception as exc:
+                    self._set_aside(rec, exc)
+            self._spool.release([r.seq for r in good])
+            return True
         if n < len(recs):
             self._spool.release([r.seq for r in recs[n:]])
             self._take = max(1, n + max(2, n // 8))
@@ -250,6 +272,14 @@ class Forwarder:
             if again:
                 n["resent_fixes"] += len(again)
                 self._released.difference_update(again)
+
+    def _set_aside(self, rec: Record, exc: Exception) -> None:
+        """A record the codec cannot carry goes to the spool's held table, never deleted, so a
+        bad record can neither stop the queue nor loop the daemon through restarts."""
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        self._spool.set_aside(rec.seq, reason)
+        self._n["held"] += 1
+        log.error("fix %d set aside, it cannot be sent: %s", rec.seq, reason)
 
     def _remember_released(self, seqs: Sequence[int]) -> None:
         if len(self._released) > RELEASED_MEMORY:
