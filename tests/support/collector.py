@@ -87,7 +87,7 @@ class Collector:
                     + self.log.read_text()[-1000:]
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"tracker collect not subscribed in {timeout} s")
+                raise RuntimeError(f"tracker collect not subscribed in {timeout} s")
             time.sleep(0.02)
 
     def alive(self) -> bool:
