@@ -188,6 +188,7 @@ class Collector:
         self.stats = Stats()
         self.stats_path = stats_path
         self.events: queue.Queue[object] = queue.Queue()
+        self.group_max = GROUP_MAX
         self._stats_due = 0.0
 
     def store(self, topic: str, payload: bytes, received: datetime) -> None:
@@ -246,7 +247,7 @@ class Collector:
                 self.write_stats()
                 continue
             group = [first]
-            while len(group) < GROUP_MAX:
+            while len(group) < self.group_max:
                 try:
                     group.append(self.events.get_nowait())
                 except queue.Empty:
