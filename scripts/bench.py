@@ -1,8 +1,10 @@
 """The bench: a recorded drive replayed through the real daemon into a local Mosquitto, with faults.
 
-Owns the orchestration only (PKI, broker, collector, pty GPS, daemon child, faults, status line);
-the plan is `bench_plan`, the report `tracker.report` and `tracker.report_svg`. Imports the
-tracker's public API and tests/support, never the daemon's internals.
+Owns the orchestration only (PKI, broker, pty GPS, daemon child, faults, status line); the cloud
+side is the product's own `tracker collect` (a child process writing the lake into the output
+folder) and `tracker export` reads the track back from it; the plan is `bench_plan`, the report
+`tracker.report` and `tracker.report_svg`. Imports the tracker's public API and tests/support,
+never the daemon's internals.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -134,27 +137,24 @@ class Bench:
         self.outage: dict[str, Any] = {}  # the outage going on, as summary.json shows it
         self.injected: list[dict[str, Any]] = []  # what happened, at which recording second
         self.statuses: list[report.Status] = []
-        self.messages: list[report.Message] = []
+        self.received = 0  # messages the collector has taken in so far (its --stats)
+        self.collector_stats: dict[str, Any] = {}  # its counters once stopped
         self.faults: list[report.Fault] = []
         self.problems: list[str] = []
         self.samples: list[tuple[float, float]] = []  # (bench second, recording second played)
         self.outage_since: float | None = None
         self.restart_at: float | None = None
         self.t0 = time.monotonic()
+        self.wall0 = time.time()  # the same moment on the wall clock (the lake's receive times)
         self.played = 0.0  # bench second when the pty had sent the whole recording
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
     def collect(self, sock: socket.socket, collector: Any) -> None:
-        """STATUS lines from the notify socket, messages from the collector, stamped now."""
-        now = self.now()
-        self.statuses += read_status(sock, now)
-        n, have = collector.count(), len(self.messages)
-        self.messages += [
-            report.Message(now, t, bytes(p))
-            for t, p in zip(collector.topics[have:n], collector.payloads[have:n], strict=True)
-        ]
+        """STATUS lines from the notify socket; how many messages the collector has taken in."""
+        self.statuses += read_status(sock, self.now())
+        self.received = int(collector.stats().get("messages", self.received))
 
     def position(self, gps: Any) -> float:
         """The recording second the pty has sent so far."""
@@ -200,14 +200,14 @@ class Bench:
             self.ui.show(
                 f"{self.now():4.0f}s  rec {rec:5.0f}/{self.sched.length:.0f}s  "
                 f"{s.state:<13} fixes {s.fixes}  reports {s.reports}  "
-                f"backlog {s.backlog}  link {s.link}  received {len(self.messages)}"
+                f"backlog {s.backlog}  link {s.link}  received {self.received}"
                 + ("  [broker down]" if self.outage_since is not None else "")
             )
 
     def run(self) -> int:
         from support.broker import Broker
+        from support.collector import Collector
         from support.pki import Pki
-        from support.subscriber import Subscriber
 
         from hw.pty import FakeGps
         from tracker.spool import Spool
@@ -228,10 +228,12 @@ class Bench:
             bench_config(work, gps.path, broker.port, pki, self.speed, self.args.log_level)
         )
         daemon = Daemon(config, work / "notify.sock", out / "tracker.log")
-        collector: Any = None
+        self.lake = out / "lake"
+        shutil.rmtree(self.lake, ignore_errors=True)
+        collector = Collector(broker, self.lake, work / "collect")
         try:
             broker.start()
-            collector = Subscriber(broker, f"dt/tracker/{THING}/+").start()
+            collector.start()  # `tracker collect`, subscribed with a persistent session
             daemon.start()
             while not self.statuses and daemon.exited() is None:
                 self.collect(sock, collector)
@@ -241,7 +243,7 @@ class Bench:
             if daemon.exited() is not None:
                 raise RuntimeError(f"the tracker exited at start with status {daemon.exited()}")
             gps.play(self.data, speed=self.speed)
-            self.t0 = time.monotonic()
+            self.t0, self.wall0 = time.monotonic(), time.time()
             self.statuses = [dataclasses.replace(s, at=0.0) for s in self.statuses]
             self.replay(sock, collector, gps, broker, daemon)
             self.played = self.now()
@@ -252,12 +254,15 @@ class Bench:
             rc = daemon.stop()
             if rc not in (0, None):
                 self.problems.append(f"the tracker stopped with status {rc}")
-            collector.wait_until(lambda: collector.count() > len(self.messages), 1.0)
-            self.collect(sock, collector)
+            self.settle(sock, collector)
+            if (rc := collector.stop()) != 0:
+                self.problems.append(f"tracker collect stopped with status {rc}")
+            self.collector_stats = collector.stats()
         finally:
             daemon.kill()
-            if collector is not None:
-                collector.stop()
+            collector.kill()
+            with contextlib.suppress(OSError):
+                shutil.copyfile(collector.log, out / "collect.log")
             broker.close()
             gps.close()
             sock.close()
@@ -288,12 +293,12 @@ class Bench:
         """Wait (bounded) until the daemon says its backlog is empty and the link up; a daemon
         that went quiet while nothing arrives for 2 s counts as drained (the spool says)."""
         deadline = self.now() + self.args.drain_timeout
-        quiet_since, seen = self.now(), len(self.messages)
+        quiet_since, seen = self.now(), self.received
         while self.now() < deadline:
             self.collect(sock, collector)
             now = self.now()
-            if len(self.messages) != seen:
-                quiet_since, seen = now, len(self.messages)
+            if self.received != seen:
+                quiet_since, seen = now, self.received
             last = self.statuses[-1]
             if last.link == "up" and (
                 (last.at >= self.played and last.backlog == 0)
@@ -302,6 +307,48 @@ class Bench:
                 return
             self.show(self.sched.length)
             time.sleep(0.05)
+
+    def settle(self, sock: socket.socket, collector: Any, quiet_s: float = 1.0) -> None:
+        """Wait (at most 5 s) until the collector has taken nothing in for `quiet_s`."""
+        end = self.now() + 5.0
+        quiet_since, seen = self.now(), self.received
+        while self.now() < end and self.now() - quiet_since < quiet_s:
+            time.sleep(0.1)
+            self.collect(sock, collector)
+            if self.received != seen:
+                quiet_since, seen = self.now(), self.received
+
+    def export(self, fmt: str) -> str:
+        """`tracker export LAKE --thing THING --format FMT`, as a user would run it."""
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        done = subprocess.run(
+            [sys.executable, "-m", "tracker", "export", str(self.lake), "--thing", THING,
+             "--format", fmt],
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            self.problems.append(f"tracker export failed: {done.stderr.strip()}")
+            return ""
+        return done.stdout
+
+    def received_points(self, lines: str) -> report.Received:
+        """The lake's track (one point per seq, first arrival) and the collector's counters."""
+        from tracker.lake import parse_fix_line
+
+        st = self.collector_stats
+        out = report.Received(
+            messages=int(st.get("location_messages", 0)),
+            wire_bytes=int(st.get("location_wire_bytes", 0)),
+            payload_bytes=int(st.get("location_payload_bytes", 0)),
+            decode_errors=["rejected"] * int(st.get("rejected", 0)),
+        )
+        for line in lines.splitlines():
+            lf = parse_fix_line(json.loads(line))
+            if lf is not None:
+                at = lf.received.timestamp() - self.wall0 if lf.received else self.now()
+                out.points.append(report.Point(lf.record.seq, lf.record.fix, lf.record.trigger, at))
+        return out
 
     def report(self, restarts: int) -> int:
         extra = {
@@ -315,7 +362,8 @@ class Bench:
             "spool_dropped": self.stats.dropped,
             "problems": self.problems,
         }
-        located = report.decode_messages(self.messages, f"dt/tracker/{THING}/location")
+        located = self.received_points(self.export("jsonl"))
+        st = self.collector_stats
         first = located.points[0].fix if located.points else None
         origin = self.sched.origin(first) if first else None
         # bench seconds -> GPS time, from how far the pty had got; else from STATUS lines
@@ -327,13 +375,20 @@ class Bench:
             during,
             first_seq=1,
             fixes_recorded=self.stats.next_seq - 1,
-            conditions=sum(m.topic.endswith("/condition") for m in self.messages),
+            conditions=int(st.get("conditions", 0)),
             extra=extra,
+        )
+        # the lake holds each seq once: duplicates are what the collector recognised and dropped
+        records = int(st.get("records", 0))
+        summary["records_received"] = records
+        summary["duplicates"] = int(st.get("duplicates", 0))
+        summary["fixes_per_message"] = (
+            round(records / located.messages, 2) if located.messages else None
         )
         track = report.unique_track(located.points)
         files = {
             "summary.json": report.dumps(summary),
-            "track.gpx": report.to_gpx(track, name=f"{THING} (bench)"),
+            "track.gpx": self.export("gpx"),
             "track.geojson": report.dumps(report.to_geojson(track, statuses)),
             "track.svg": track_svg(track, statuses, self.faults, base),
             # fixes received within half a real second are not backlog

@@ -22,6 +22,9 @@ COMMANDS = {
     "run": "tracker.daemon",
     "check": "tracker.check",
     "set-clock": "tracker.setclock",
+    "collect": "tracker.collect",
+    "export": "tracker.export",
+    "gaps": "tracker.gaps",
 }
 
 
@@ -42,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
 
     d = sub.add_parser("decode", help="expand message payloads into one JSON object per fix")
-    d.add_argument("files", nargs="+", metavar="FILE", help="payload files, or - for stdin")
+    d.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="payload files, or captured mosquitto_sub output (plain, -v, -F %%j, -F %%x), "
+        "or - for stdin",
+    )
 
     run = sub.add_parser("run", help="run the tracker daemon")
     run.add_argument(
@@ -67,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument(
         "request", nargs="?", default="/run/tracker/clock-request", help="the clock request file"
     )
+    col = sub.add_parser("collect", help="store every tracker's messages in a local lake")
+    col.add_argument("--config", "-c", help="TOML file with [aws] and [collect]")
+    col.add_argument("--stats", metavar="FILE", help="keep this run's counters in FILE (JSON)")
+    col.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    e = sub.add_parser("export", help="one device's track from the lake")
+    e.add_argument("lake", metavar="LAKE", help="the lake folder (tracker collect, or S3 synced)")
+    e.add_argument("--thing", required=True, help="the device's thing name")
+    e.add_argument("--day", help="one day, YYYY-MM-DD (UTC unless --tz)")
+    e.add_argument("--tz", help="time zone of --day, e.g. Europe/Amsterdam")
+    e.add_argument("--from", dest="start", metavar="ISO", help="fixes at or after this time")
+    e.add_argument("--to", dest="end", metavar="ISO", help="fixes before this time")
+    e.add_argument("--format", choices=("gpx", "geojson", "csv", "jsonl"), default="jsonl")
+    e.add_argument("--out", "-o", help="output file (default stdout)")
+
+    g = sub.add_parser("gaps", help="missing seq ranges and silence per device in the lake")
+    g.add_argument("lake", metavar="LAKE")
+    g.add_argument("--thing", help="only this device")
+    g.add_argument("--json", action="store_true", help="one JSON object per device")
     return p
 
 
