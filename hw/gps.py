@@ -256,7 +256,7 @@ class GpsReader:
         """Read `port` until it fails or stop(); returns why it stopped. Closes the port."""
         self.stats.opens += 1
         self._set_port(port)
-        self._status(True, f"GPS port {self.url} open at {self._baudrate} baud")
+        self._status(True, f"{self.url} open at {self._baudrate} baud")
         try:
             while not self._stop.is_set():
                 try:

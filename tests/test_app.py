@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -307,6 +308,14 @@ gps = "sim://"
     path.write_text(base + "[policy]\ndistance_m = -1\n")  # a broken file keeps what runs
     h.event(SignalReceived(signal.SIGHUP))
     assert app.cfg.policy.distance_m == 250
+    root = logging.getLogger()
+    before = root.level
+    try:
+        path.write_text(base + "[policy]\ndistance_m = 250\n[log]\nlevel = 'debug'\n")
+        h.event(SignalReceived(signal.SIGHUP))
+        assert app.cfg.log.level == "debug" and root.level == logging.DEBUG  # applied at once
+    finally:
+        root.setLevel(before)
     app.shutdown()
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tracker import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,3 +82,27 @@ def test_run_with_a_bad_value_names_the_key(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (
         "tracker: error: [gps] baudrate = 12 is out of range: allowed 1200 to 921600 baud"
     )
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_explains_itself_with_examples(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main([name, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    usage, _, rest = text.partition("\n\n")
+    assert usage.startswith(f"usage: tracker {name}")
+    assert len(rest.split("\n\n")[0]) > 80  # a description, not just the option list
+    examples = text.split("examples:\n", 1)[1]
+    assert examples.strip().startswith("tracker ") or f"tracker {name}" in examples
+    assert "%%" not in text and "(default: None)" not in text
+
+
+def test_decode_help_says_what_a_file_holds(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["decode", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "A FILE holds either one message payload" in text
+    assert "mosquitto_sub output with one message per line" in text

@@ -89,8 +89,12 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
 
 
 def test_env_values_are_validated_too(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\[aws\] port = 70000 is out of range"):
+    with pytest.raises(ConfigError, match=r"\[aws\] port = 70000 is out of range") as info:
         config.load(write(tmp_path, MINIMAL), environ={"TRACKER_AWS_PORT": "70000"})
+    assert str(info.value).endswith("(set by the environment variable TRACKER_AWS_PORT)")
+    with pytest.raises(ConfigError, match=r"unknown key \[policy\] distancem") as info:
+        config.load(write(tmp_path, MINIMAL), environ={"TRACKER_POLICY_DISTANCEM": "5"})
+    assert "TRACKER_POLICY_DISTANCEM" in str(info.value)
 
 
 def test_basic_ingest_topics(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -463,3 +464,19 @@ def test_provisioning_values_never_show_the_private_key_in_their_repr(tmp_path: 
         assert "SECRETSECRET" not in repr(value) and "PRIVATE KEY" not in repr(value)
         assert "SECRETSECRET" not in str(value)
     assert "t1" in repr(bundle) and "device.key" in repr(change)
+
+
+def test_a_start_up_error_is_the_only_line_not_after_a_stopped_line(tmp_path: Path) -> None:
+    path = tmp_path / "tracker.toml"
+    path.write_text(
+        config_text(tmp_path, f'[spool]\npath = "{tmp_path / "s" / "spool.db"}"\n')
+        + '[gps]\nurl = "/dev/null"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker", "run", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 2
+    line = one_error_line(done.stderr, "tracker: error: ")
+    assert "cert file" in line and "does not exist" in line

@@ -32,7 +32,7 @@ from tracker.policy import ParkedWatch
 from tracker.settings_store import default_store_path
 from tracker.shadow import ShadowSync
 from tracker.spool import Spool
-from tracker.systemd import Notifier
+from tracker.systemd import Notifier, set_log_level
 
 log = logging.getLogger("tracker.app")
 
@@ -255,7 +255,7 @@ class App:
             if event.up:
                 self._apply_gps_power()
             level = logging.INFO if event.up else logging.WARNING
-            log.log(level, "GPS port %s %s", "up" if event.up else "down", event.detail)
+            log.log(level, "GPS port %s: %s", "up" if event.up else "down", event.detail)
         elif isinstance(event, ev.Motion):
             self.device.on_motion()
         elif isinstance(event, ev.ExternalPower):
@@ -320,8 +320,10 @@ class App:
             self.step()
         self.publish_status(force=True)
 
-    def shutdown(self) -> None:
-        """Stop cleanly: GPS to standby, in-flight fixes back to ready, link and spool closed."""
+    def shutdown(self, *, quiet: bool = False) -> None:
+        """Stop cleanly: GPS to standby, in-flight fixes back to ready, link and spool closed.
+
+        `quiet` when start-up failed: the error that follows is the one line the user needs."""
         self.notifier.stopping()
         parts = self.parts
         if parts is not None:
@@ -335,7 +337,7 @@ class App:
                 parts.motion.close()
         self.mqtt.shutdown()
         self.spool.close()
-        log.info("stopped (%s)", self.stop_reason or "end")
+        log.log(logging.DEBUG if quiet else logging.INFO, "stopped (%s)", self.stop_reason or "end")
 
     # ---- internals ----------------------------------------------------------------------------
     def _on_epoch(self, epoch: Epoch) -> None:
@@ -372,6 +374,9 @@ class App:
         old = self.cfg
         self.cfg = new
         self.gps_time.set_clock = new.device.set_clock
+        if new.log.level != old.log.level:
+            set_log_level(new.log.level)
+            log.info("log level now %s", new.log.level)
         if new.policy != old.policy:
             self.device.reconfigure(new.policy)
             self.parked.reconfigure(new.policy)

@@ -424,7 +424,20 @@ def load(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
     doc = merge(doc, env_overrides(environ), overrides or {})
-    return from_dict(doc)
+    try:
+        return from_dict(doc)
+    except ConfigError as exc:
+        raise ConfigError(_name_env_source(str(exc), environ)) from None
+
+
+def _name_env_source(message: str, environ: Mapping[str, str]) -> str:
+    """The error, naming the environment variable that set the key it is about, if one did."""
+    for var in environ:
+        if var.startswith("TRACKER_") and var != "TRACKER_CONFIG":
+            section, _, key = var[len("TRACKER_") :].lower().partition("_")
+            if key and f"[{section}] {key}" in message:
+                return f"{message} (set by the environment variable {var})"
+    return message
 
 
 def reference_markdown() -> str:

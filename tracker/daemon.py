@@ -68,6 +68,11 @@ def main(args: argparse.Namespace) -> int:
     install_signals(app.post)
     try:
         app.attach(build_parts(app))
+    except BaseException:
+        app.stop_reason = "start-up failed"
+        app.shutdown(quiet=True)
+        raise
+    try:
         app.run()
     finally:
         started = time.monotonic()

@@ -87,6 +87,12 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(JournalFormatter(journal="JOURNAL_STREAM" in os.environ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """The root logger's level (at start and on SIGHUP)."""
+    root = logging.getLogger()
     root.setLevel(level.upper())
     # one line per state change is the app's job; the library's own chatter stays out
     logging.getLogger("transitions").setLevel(max(logging.WARNING, root.level))
