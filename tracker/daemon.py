@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from tracker import config as config_mod
 from tracker import events as ev
 from tracker.app import App, Parts
+from tracker.exposure import exposure_warnings
 from tracker.instance import InstanceLock
 from tracker.systemd import setup_logging
 
@@ -63,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
         overrides["log"] = {"level": args.log_level}
     cfg = config_mod.load(args.config, overrides=overrides)
     setup_logging(cfg.log.level)
+    os.umask(0o077)  # the spool, its WAL and the settings hold location history: owner only
+    for warning in exposure_warnings(cfg.aws.key, args.config or config_mod.DEFAULT_CONFIG):
+        log.warning("%s", warning)
     InstanceLock(cfg.spool.path).acquire()  # held until the process ends
     app = App(cfg, config_path=args.config)
     install_signals(app.post)
