@@ -221,8 +221,10 @@ class Campaign:
         except Exception:
             self.escape("tracker decode", payload)
             return
-        lines = err.getvalue().splitlines()
-        if status not in (0, 2) or (status == 2) != (len(lines) == 1):
+        lines = err.getvalue().splitlines()  # one per bad message (a line of a stream)
+        if status not in (0, 2) or (status == 2) != (
+            1 <= len(lines) <= max(1, len(payload.splitlines()))
+        ):
             self.n["escapes"] += 1
             self.escapes.setdefault(f"tracker decode: status {status}, {len(lines)} lines", "")
 
