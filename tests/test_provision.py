@@ -321,3 +321,27 @@ def test_a_board_without_the_service_user_is_warned_about(tmp_path: Path, pki: P
     assert outcome.owner is None
     said = [w for w in outcome.warnings if "no user tracker" in w]
     assert len(said) == 1 and "cannot read them" in said[0]
+
+
+def test_tracker_check_root_checks_a_staged_image(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracker import cli
+
+    root = tmp_path / "root"
+    provision.install(bundle_from(pki), root, owner=None)
+    (root / "etc/passwd").write_text("tracker:x:990:990::/var/lib/tracker:/usr/sbin/nologin\n")
+    (root / "etc/group").write_text("tracker:x:990:\ndialout:x:20:tracker\n")
+    status = cli.main(["check", "--root", str(root)])
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines()[:-1]}
+    assert lines["config"].startswith("OK") and str(root / "etc/tracker") in lines["config"]
+    assert lines["cert+key"].startswith("OK")
+    assert lines["gps"].startswith("SKIP")
+    # provisioned without the image's user: its files are root's, as the warning said
+    access = [line for line in out.splitlines() if " access " in f" {line} "]
+    assert len(access) == 3
+    assert all(f"chown tracker: {root / 'etc/tracker'}" in a for a in access), access
+    assert status == 2 and out.splitlines()[-1].endswith("1 SKIP")
+    assert cli.main(["check", "--root", str(root), "--online"]) == 2
+    assert "cannot check a staged image" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from typing import Any
 from tracker import config as tconfig
 from tracker import credentials as cred
 from tracker.credentials import FAIL, OK, WARN
-from tracker.errors import ConfigError, GpsError
+from tracker.errors import ConfigError, GpsError, TrackerError
 from tracker.instance import running_pid
 
 if sys.version_info >= (3, 11):
@@ -35,7 +35,8 @@ else:  # pragma: no cover - Python 3.10
 
 SERVICE_USER = "tracker"
 STATE_DIRECTORY = "/var/lib/tracker"  # systemd creates and chowns it (StateDirectory=tracker)
-EXIT = {OK: 0, WARN: 1, FAIL: 2}
+SKIP = "SKIP"  # not checked here (a staged image has no GPS port)
+EXIT = {OK: 0, SKIP: 0, WARN: 1, FAIL: 2}
 
 
 @dataclass(frozen=True)
@@ -205,13 +206,14 @@ def _baud_verdict(url: str, configured: int, found: int, detect: bool) -> Result
     )
 
 
-def check_spool(spool: dict[str, Any], probe: Probe) -> Iterator[Result]:
+def check_spool(spool: dict[str, Any], probe: Probe, root: Path | None = None) -> Iterator[Result]:
     """The spool directory exists (or the tracker can create it), is writable by the service,
     and its disk has room."""
     value = spool.get("path")
     if not isinstance(value, str):
         return
     path = Path(value)
+    state_directory = STATE_DIRECTORY if root is None else str(_board(root, STATE_DIRECTORY))
     if path.is_dir():
         yield Result(
             FAIL, "spool dir", f"[spool] path {path} is a directory: name a file in it,"
@@ -239,7 +241,7 @@ def check_spool(spool: dict[str, Any], probe: Probe) -> Iterator[Result]:
                 FAIL, "spool dir", f"{parent} is a file, not a directory: fix [spool] path"
             )
             return
-        if str(directory) == STATE_DIRECTORY:
+        if str(directory) == state_directory:
             yield Result(
                 WARN,
                 "spool dir",
@@ -258,7 +260,7 @@ def check_spool(spool: dict[str, Any], probe: Probe) -> Iterator[Result]:
                 f" mkdir -p {directory}{owner}, or fix [spool] path",
             )
         directory = parent
-    elif user and str(directory) != STATE_DIRECTORY and not writable(directory):
+    elif user and str(directory) != state_directory and not writable(directory):
         yield Result(
             FAIL,
             "spool dir",
@@ -383,22 +385,30 @@ def check_online(aws: dict[str, Any], thing: str, probe: Probe) -> Iterator[Resu
 # ------------------------------------------------------------------------------ command
 
 
-def run_checks(path: Path, online: bool = False, probe: Probe | None = None) -> list[Result]:
-    """Every check, in the order a person would fix them."""
+def run_checks(
+    path: Path, online: bool = False, probe: Probe | None = None, root: Path | None = None
+) -> list[Result]:
+    """Every check, in the order a person would fix them; `root` checks a staged image."""
     probe = probe or Probe()
     results, good = check_config(path, probe.environ)
     if not good:  # no config to check the rest against: its line says why
         return results
+    if root is not None:
+        good = _under_root(good, root)
+        probe.user = user_in_root(root)
     aws = good.get("aws", {})
     results += _guarded(
         "credentials",
         lambda: [
             Result(v.level, name, v.detail)
-            for name, v in cred.check_files(aws, probe.service_user(), probe.now())
+            for name, v in cred.check_files(aws, probe.service_user(), probe.now(), root)
         ],
     )
-    results += _guarded("gps", lambda: [check_gps(good.get("gps", {}), probe)])
-    results += _guarded("spool", lambda: list(check_spool(good.get("spool", {}), probe)))
+    if root is None:
+        results += _guarded("gps", lambda: [check_gps(good.get("gps", {}), probe)])
+    else:
+        results.append(Result(SKIP, "gps", "a staged image has no GPS port: check it on the board"))
+    results += _guarded("spool", lambda: list(check_spool(good.get("spool", {}), probe, root)))
     if online:
         pid = running_pid(good.get("spool", {}).get("path", tconfig.SpoolConfig().path))
         if pid is not None:
@@ -414,6 +424,39 @@ def run_checks(path: Path, online: bool = False, probe: Probe | None = None) -> 
         else:
             results += check_online(aws, good.get("device", {}).get("thing_name", ""), probe)
     return results
+
+
+def _board(root: Path, board_path: str) -> Path:
+    return root / Path(board_path).relative_to("/") if board_path.startswith("/") else root
+
+
+def _under_root(good: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The config's board paths (credentials, spool) as they lie in the staged image."""
+    out = {section: dict(values) for section, values in good.items()}
+    for section, key in (("aws", "cert"), ("aws", "key"), ("aws", "ca"), ("spool", "path")):
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str) and value.startswith("/"):
+            out[section][key] = str(_board(root, value))
+    return out
+
+
+def user_in_root(root: Path, name: str = SERVICE_USER) -> cred.ServiceUser | None:
+    """The service user as the image's /etc/passwd and /etc/group define it, or None."""
+    try:
+        passwd = (root / "etc/passwd").read_text().splitlines()
+        groups = (root / "etc/group").read_text().splitlines()
+    except OSError:
+        return None
+    for line in passwd:
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[0] == name and parts[2].isdigit() and parts[3].isdigit():
+            gids = {int(parts[3])}
+            for g in groups:
+                f = g.split(":")
+                if len(f) >= 4 and f[2].isdigit() and name in f[3].split(","):
+                    gids.add(int(f[2]))
+            return cred.ServiceUser(name, int(parts[2]), frozenset(gids))
+    return None
 
 
 def _guarded(name: str, check: Callable[[], list[Result]]) -> list[Result]:
@@ -442,7 +485,8 @@ def table(results: list[Result]) -> str:
     """One line per check: level, name, detail; then a count."""
     width = max((len(r.name) for r in results), default=4)
     lines = [f"{r.level:<4}  {r.name:<{width}}  {r.detail}" for r in results]
-    counts = {level: sum(r.level == level for r in results) for level in (FAIL, WARN, OK)}
+    levels = (FAIL, WARN, OK, SKIP) if any(r.level == SKIP for r in results) else (FAIL, WARN, OK)
+    counts = {level: sum(r.level == level for r in results) for level in levels}
     lines.append(", ".join(f"{n} {level}" for level, n in counts.items()))
     return "\n".join(lines)
 
@@ -454,7 +498,15 @@ def exit_status(results: list[Result]) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """`tracker check [--config FILE] [--online]`."""
-    path = Path(args.config or os.environ.get("TRACKER_CONFIG") or tconfig.DEFAULT_CONFIG)
-    results = run_checks(path, online=args.online)
+    root: Path | None = getattr(args, "root", None)
+    if root is not None:
+        if args.online:
+            raise TrackerError("--online cannot check a staged image (--root); run it on the board")
+        if not root.is_dir():
+            raise TrackerError(f"--root {root} is not a directory: pass the image's root folder")
+        path = Path(args.config) if args.config else _board(root, tconfig.DEFAULT_CONFIG)
+    else:
+        path = Path(args.config or os.environ.get("TRACKER_CONFIG") or tconfig.DEFAULT_CONFIG)
+    results = run_checks(path, online=args.online, root=root)
     print(table(results))
     return exit_status(results)

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tracker import __version__
 from tracker.errors import TrackerError
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "One line per check (config, credentials, clock, GPS port, spool directory, disk;"
         " with --online the endpoint): OK, WARN or FAIL with what to do. Exit status 0 all OK,"
         " 1 warnings only, 2 at least one FAIL. Run it as root to check the service's files.",
-        "  sudo tracker check\n  sudo tracker check --online --config /etc/tracker/tracker.toml",
+        "  sudo tracker check\n  sudo tracker check --online --config /etc/tracker/tracker.toml\n"
+        "  tracker check --root build/rootfs",
     )
     c.add_argument(
         "--config",
@@ -116,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--online",
         action="store_true",
         help="also connect to the endpoint with the board's credentials (not while it runs)",
+    )
+    c.add_argument(
+        "--root",
+        type=Path,
+        metavar="DIR",
+        help="check a staged image: its config and the paths in it are taken under DIR",
     )
     sc = command(
         "set-clock",

@@ -277,10 +277,13 @@ def user_may(user: ServiceUser, st: os.stat_result, bits: tuple[int, int, int]) 
     return st.st_mode & bits[2] == bits[2]
 
 
-def user_can_read(user: ServiceUser, path: Path) -> Path | None:
-    """None when `user` can read `path`; else the file or directory that stops it."""
+def user_can_read(user: ServiceUser, path: Path, root: Path | None = None) -> Path | None:
+    """None when `user` can read `path`; else the file or directory that stops it. With `root`
+    (a staged image), only the directories from the image's root down count."""
     search = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
     for parent in reversed(path.parents):
+        if root is not None and not parent.is_relative_to(root):
+            continue
         if not user_may(user, parent.stat(), search):
             return parent
     ok = user_may(user, path.stat(), (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH))
@@ -339,7 +342,7 @@ def _key_dir_mode(path: Path) -> Verdict | None:
 
 
 def check_files(
-    aws: Mapping[str, object], user: ServiceUser | None, now: dt.datetime
+    aws: Mapping[str, object], user: ServiceUser | None, now: dt.datetime, root: Path | None = None
 ) -> list[Finding]:
     """Certificate, key and CA: present, readable by the service, matching, valid; clock sane."""
     out: list[Finding] = []
@@ -347,7 +350,7 @@ def check_files(
     key_path = _file("key", aws.get("key"), out)
     ca_path = _file("ca", aws.get("ca"), out)
     for name, path in (("cert", cert_path), ("key", key_path), ("ca", ca_path)):
-        blocker = user_can_read(user, path) if (user and path) else None
+        blocker = user_can_read(user, path, root) if (user and path) else None
         if user and blocker is not None:
             out.append(
                 (
