@@ -125,13 +125,22 @@ def test_broker_killed_and_restarted_mid_stream(
         assert sub.wait_seqs(set(loop.acked)) == set()
         b.kill()
         assert loop.run_until(unlinked(loop))
-        assert loop.spool.stats().in_flight == 0  # released back to the spool
+        # the SDK keeps what is in flight and sends it again after reconnecting
+        assert loop.forwarder.stats().in_flight == in_flight
+        held = {seq for seqs in loop.recorder.sent.values() for seq in seqs}
         stream(loop, 40)
         b.start()
         assert loop.run_until(linked(loop))
         stream(loop, 40)
         assert loop.run_until(loop.drained)
-        assert sub.wait_seqs(set(range(1, last_seq(loop) + 1))) == set()
+        missing = sub.wait_seqs(set(range(1, last_seq(loop) + 1)), 20 if persistence else 5)
+        if persistence:
+            assert missing == set()
+        else:
+            # the SDK sends what it held again as soon as it reconnects, and a broker that forgot
+            # its subscribers acknowledges it before the cloud subscriber is back: the broker's
+            # loss, never the tracker's (only what was in flight at the kill may be missing)
+            assert missing <= held
         up = loop.links[-1]
         assert isinstance(up, LinkUp) and up.session_present is persistence
     finally:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # the spool module is the only SQLite user; only its type is 
 log = logging.getLogger(__name__)
 
 MIN_BATCH = 512  # the smallest [aws] batch_bytes allows
+# A PUBACK still missing after this much *connected* time: the publish is given up on and its
+# fixes go out again. A safety net behind the SDK's own ack timeout (60 s), which fails it first.
+ACK_GIVE_UP_S = 180.0
 MAX_TAKE = 2000  # records read for one batch at most
 RELEASED_MEMORY = 100_000  # seqs remembered to count re-sends (bounded; an undercount beyond)
 
@@ -42,8 +45,9 @@ class ForwardStats:
     fixes_acked: int = 0
     in_flight: int = 0  # messages awaiting their PUBACK
     in_flight_fixes: int = 0
-    orphaned: int = 0  # released on link down; the SDK may still deliver them (duplicates)
+    orphaned: int = 0  # given up on (no PUBACK in time); the SDK may still deliver them
     late_acks: int = 0  # orphaned messages acknowledged after all
+    gave_up: int = 0  # messages whose PUBACK did not come within ACK_GIVE_UP_S connected
     failed: int = 0  # PubFailed for messages in flight
     resent_fixes: int = 0  # fixes sent again after a release: the cloud may see them twice
     wire_bytes: int = 0
@@ -62,14 +66,21 @@ def publish_packet_bytes(topic: str, payload_len: int) -> int:
 class _Message:
     seqs: tuple[int, ...]
     wire: int
+    due: float  # connected time by which its PUBACK must have come
 
 
 class Forwarder:
     """Sends the newest fix first (live), then the backlog oldest first in packed batches.
 
+    A record leaves the spool only on the PUBACK of the message carrying it, and is sent again
+    only when that message can no longer be delivered: the SDK failed it (PubFailed), or no PUBACK
+    came within `ack_give_up_s` of connected time. A lost link releases nothing: the SDK keeps
+    QoS 1 publishes across a reconnect and sends them again itself (its offline queue policy
+    FAIL_QOS0_PUBLISH_ON_DISCONNECT), so sending their records too would deliver them twice.
+
     At most `window` messages await a PUBACK, and at most `2 * window` are inside the SDK counting
-    the ones orphaned by a lost link, so memory stays flat whatever the backlog on disk. Call
-    `pump()` after every event (a new fix, LinkUp, PubAck, PubFailed) and at `wake_at()`.
+    the ones given up on, so memory stays flat whatever the backlog on disk. Call `pump()` after
+    every event (a new fix, LinkUp, PubAck, PubFailed) and at `wake_at()`.
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class Forwarder:
         clock: Clock | None = None,
         retry_s: float = 1.0,
         retry_max_s: float = 60.0,
+        ack_give_up_s: float = ACK_GIVE_UP_S,
     ) -> None:
         if not topic or any(c in topic for c in "+#\0"):
             raise ValueError(f"invalid topic {topic!r}")
@@ -96,6 +108,9 @@ class Forwarder:
         self._clock = clock or SystemClock()
         self._retry = (retry_s, retry_max_s)
         self._linked = False
+        self._give_up = ack_give_up_s
+        self._connected = 0.0  # connected time before the current connection
+        self._up_since = 0.0  # monotonic time of the last link_up
         self._inflight: dict[int, _Message] = {}
         self._orphans: dict[int, tuple[int, ...]] = {}
         self._released: set[int] = set()
@@ -112,6 +127,7 @@ class Forwarder:
                 "messages_acked",
                 "fixes_acked",
                 "late_acks",
+                "gave_up",
                 "failed",
                 "resent_fixes",
                 "wire_bytes",
@@ -137,13 +153,24 @@ class Forwarder:
 
     def link_up(self) -> None:
         """The connection is up: sending may start (call `pump()`)."""
+        if not self._linked:
+            self._up_since = self._clock.monotonic()
         self._linked = True
         self._failures = 0
         self._hold_until = None
 
     def link_down(self) -> None:
-        """The connection is lost: every record in flight is ready again in the spool."""
+        """The connection is lost. What is in flight stays with the SDK, which sends it again
+        after reconnecting; its PUBACK timeout stops counting until then. Before stopping the
+        client, call `release_in_flight()`."""
+        if self._linked:
+            self._connected += self._clock.monotonic() - self._up_since
         self._linked = False
+
+    def release_in_flight(self) -> None:
+        """The client is about to be stopped (low power, shutdown): it will fail what it holds.
+        Its records are ready again now; the failures that follow change nothing, and a PUBACK
+        that slips through first is counted (`late_acks`): the records may go twice."""
         for token, msg in self._inflight.items():
             self._spool.release(msg.seqs)
             self._orphans[token] = msg.seqs
@@ -160,8 +187,8 @@ class Forwarder:
             self._failures = 0
             return
         if self._orphans.pop(token, None) is not None:
-            # Delivered after all. Its records were released and go again (a duplicate, never
-            # a loss): a PUBACK proves the broker took them, not that anyone consumed them.
+            # Delivered after all, once given up on. Its records were released and go again (a
+            # duplicate, never a loss): they may already be in a newer message in flight.
             self._n["late_acks"] += 1
 
     def on_failed(self, token: int) -> None:
@@ -179,16 +206,23 @@ class Forwarder:
         self._hold_until = self._clock.monotonic() + delay
 
     def wake_at(self) -> float | None:
-        """When `pump()` must run to resend after a failure pause (monotonic time), if paused.
+        """When `pump()` must run (monotonic time): to resend after a failure pause, or to give
+        up on a publish whose PUBACK is overdue. None while the link is down.
 
-        Stays set, even once due, until a `pump()` ends the pause: nothing else may come to
-        pump (no new fix, no PUBACK) and the released records must not wait for it."""
-        return self._hold_until if self._linked else None
+        Stays set, even once due, until a `pump()` handles it: nothing else may come to pump
+        (no new fix, no PUBACK) and the released records must not wait for it."""
+        if not self._linked:
+            return None
+        due = min((m.due for m in self._inflight.values()), default=None)
+        give_up = None if due is None else self._clock.monotonic() + due - self._connected_now()
+        times = [t for t in (self._hold_until, give_up) if t is not None]
+        return min(times, default=None)
 
     def pump(self) -> None:
         """Fill the window: the newest unsent fix first as a live message, then the backlog."""
         if not self._linked:
             return
+        self._give_up_overdue()
         if self._hold_until is not None:
             if self._clock.monotonic() < self._hold_until:
                 return
@@ -207,6 +241,23 @@ class Forwarder:
         )
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _connected_now(self) -> float:
+        """Seconds spent connected since start: the clock PUBACK deadlines run on."""
+        up = self._clock.monotonic() - self._up_since if self._linked else 0.0
+        return self._connected + up
+
+    def _give_up_overdue(self) -> None:
+        """Release the records of publishes whose PUBACK is overdue; a late PUBACK for one is
+        counted (`late_acks`) and changes nothing: its records already went out again."""
+        now = self._connected_now()
+        overdue = [t for t, m in self._inflight.items() if m.due <= now]
+        for token in overdue:
+            msg = self._inflight.pop(token)
+            self._spool.release(msg.seqs)
+            self._remember_released(msg.seqs)
+            self._orphans[token] = msg.seqs
+            self._n["gave_up"] += 1
 
     def _room(self) -> int:
         own = self._window - len(self._inflight)
@@ -261,7 +312,7 @@ class Forwarder:
             self._spool.release(seqs)
             raise
         wire = publish_packet_bytes(self._topic, len(payload))
-        self._inflight[token] = _Message(seqs, wire)
+        self._inflight[token] = _Message(seqs, wire, self._connected_now() + self._give_up)
         n = self._n
         n["messages_sent"] += 1
         n["fixes_sent"] += len(seqs)

@@ -213,6 +213,8 @@ class Link:
         self.closed = True
         log.info("closing the link for low power")
         self.on_link(False, "closed for low power")
+        if self.forwarder is not None:
+            self.forwarder.release_in_flight()  # the stopped client fails them
         self.uplink.stop(timeout=3.0)
 
     def shutdown(self) -> None:
@@ -221,3 +223,4 @@ class Link:
             self.uplink.stop(timeout=3.0)
         if self.forwarder is not None:
             self.forwarder.link_down()
+            self.forwarder.release_in_flight()

@@ -136,6 +136,11 @@ class Uplink:
                 # forever: the publish fails, its fixes go back to the spool and out again
                 ack_timeout_sec=ACK_TIMEOUT_S,
                 session_behavior=session,
+                # QoS 1 publishes survive a lost connection and go again after reconnecting (the
+                # forwarder relies on it: it does not resend what is in flight on LinkDown)
+                offline_queue_behavior=(
+                    mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT
+                ),
                 session_expiry_interval_sec=aws.session_expiry_s or None,
                 extended_validation_and_flow_control_options=flow,
                 retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,

@@ -100,6 +100,7 @@ class ForwardLoop:
         self.links: list[LinkUp | LinkDown] = []
         self.failures: list[PubFailed] = []
         self.max_outstanding = 0  # publishes inside the SDK at once (highest seen)
+        self.in_flight_at_drops: list[int] = []  # fixes awaiting a PUBACK at each LinkDown
 
     def start(self) -> ForwardLoop:
         self.uplink.start()
@@ -121,6 +122,7 @@ class ForwardLoop:
             fw.link_up()
         elif isinstance(ev, LinkDown):
             self.links.append(ev)
+            self.in_flight_at_drops.append(fw.stats().in_flight_fixes)
             fw.link_down()
         elif isinstance(ev, PubAck):
             self.acked.update(self.recorder.sent.pop(ev.token, ()))
