@@ -253,3 +253,105 @@ def test_basic_ingest_topics_are_published_as_is(
         token = up.publish(topic, b"{}")
         assert events.next(PubAck) == PubAck(token)
         assert sub.wait_until(lambda: sub.count() == 1)
+
+
+def test_a_puback_without_a_known_reason_code_never_deletes(
+    pki: Pki, events: Events, make_uplink: MakeUplink
+) -> None:
+    from dataclasses import replace
+
+    from support.raw_broker import RawBroker
+
+    peer = RawBroker(pki, puback_code=0xFF)
+    try:
+        aws = replace(
+            AwsConfig(endpoint="localhost", cert=str(pki.client.cert), key=str(pki.client.key),
+                      ca=str(pki.ca), flow_control=False),
+            port=peer.port,
+        )  # fmt: skip
+        up = make_uplink(aws)
+        up.start()
+        events.next(LinkUp)
+        token = up.publish(aws.topic(THING, "location"), b'{"seq":1}')
+        failed = events.next(PubFailed)
+        up.stop()
+    finally:
+        peer.close()
+    assert failed.token == token
+    assert failed.reason == "PUBACK without a known reason code"
+    assert peer.published == [f"dt/tracker/{THING}/location"]
+
+
+def test_a_refused_subscription_is_named(pki: Pki, events: Events, make_uplink: MakeUplink) -> None:
+    from dataclasses import replace
+
+    from support.raw_broker import RawBroker
+
+    from tracker.events import SubscribeRefused
+
+    peer = RawBroker(pki, suback_code=0x87)  # NOT_AUTHORIZED
+    try:
+        aws = replace(
+            AwsConfig(endpoint="localhost", cert=str(pki.client.cert), key=str(pki.client.key),
+                      ca=str(pki.ca), flow_control=False),
+            port=peer.port,
+        )  # fmt: skip
+        up = make_uplink(aws)
+        topic = f"$aws/things/{THING}/shadow/update/delta"
+        up.subscribe(topic)
+        up.start()
+        said = events.next(SubscribeRefused)
+        up.stop()
+    finally:
+        peer.close()
+    assert said == SubscribeRefused(topic, "SUBACK NOT_AUTHORIZED")
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("closed", "refused the connection (AWS_IO_SOCKET_CONNECTION_REFUSED): nothing listens"),
+        ("dns", "cannot resolve localhst.invalid (AWS_IO_DNS_INVALID_NAME): check [aws] endpoint"),
+        ("plain", "closed the connection during the TLS handshake"),
+    ],
+)
+def test_a_failed_connection_says_why_and_where_to_look(
+    pki: Pki, events: Events, make_uplink: MakeUplink, where: str, expected: str
+) -> None:
+    import socket
+    import threading
+    from dataclasses import replace
+
+    aws = AwsConfig(endpoint="localhost", cert=str(pki.client.cert), key=str(pki.client.key),
+                    ca=str(pki.ca), flow_control=False)  # fmt: skip
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+    server = threading.Thread(target=lambda: None)
+    if where == "plain":  # a plain MQTT listener: answers bytes that are not TLS, then closes
+        srv.listen(4)
+        srv.settimeout(0.1)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                conn.sendall(b"\x20\x02\x00\x00")
+                conn.close()
+
+        server = threading.Thread(target=serve, daemon=True)
+    else:
+        srv.close()
+    server.start()
+    aws = replace(aws, port=port, endpoint="localhst.invalid" if where == "dns" else "127.0.0.1")
+    up = make_uplink(aws)
+    up.start()
+    down = events.next(LinkDown, timeout=20)
+    up.stop()
+    stop.set()
+    server.join(5)
+    srv.close()
+    assert expected in down.reason, down.reason

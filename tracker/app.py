@@ -247,9 +247,7 @@ class App:
         elif isinstance(event, ev.LinkUp):
             self.mqtt.on_link(True, "connected")
         elif isinstance(event, ev.LinkDown):
-            self.mqtt.on_link(False, event.reason)
-            if event.fatal:
-                log.error("link: %s", event.reason)
+            self.mqtt.on_link(False, event.reason, fatal=event.fatal)
         elif isinstance(event, ev.GpsPort):
             self.gps_port_up = event.up
             if event.up:
@@ -262,6 +260,8 @@ class App:
             self.device.on_external_power(event.on)
         elif isinstance(event, ev.SignalReceived):
             self._on_signal(event.signum)
+        elif isinstance(event, ev.SubscribeRefused):
+            self.mqtt.on_subscribe_refused(event.topic, event.reason)
         elif isinstance(event, ev.Inbound):
             self.mqtt.on_inbound(event.topic, event.payload)
         elif isinstance(event, ev.Call):

@@ -42,6 +42,14 @@ class LinkDown:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscribeRefused:
+    """The broker refused a subscription (SUBACK reason code 0x80 or above)."""
+
+    topic: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PubAck:
     """The broker acknowledged the publish identified by `token`."""
 
@@ -97,6 +105,7 @@ Event = Union[  # noqa: UP007 - a runtime alias must work on Python 3.10
     LinkDown,
     PubAck,
     PubFailed,
+    SubscribeRefused,
     Inbound,
     SignalReceived,
     Motion,

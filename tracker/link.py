@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long after asking
 LINK_REOPEN_S = 60.0  # retry period when reopening the link fails
+REPEAT_FAILURE_S = 600.0  # the same connection failure is said again at most this often
+RECONNECT_MAX_S = 120.0  # the uplink's longest backoff between attempts
 
 
 class Publisher(Protocol):
@@ -61,6 +63,9 @@ class Link:
         self.drops = 0
         self.pending_condition: bytes | None = None
         self.control_tokens: set[int] = set()
+        self._failures = 0  # failed connection attempts since the link was last up
+        self._said: tuple[str, float] = ("", 0.0)  # last failure logged, and when
+        self._said_not_authorized = False
 
     def attach(self, uplink: Publisher) -> None:
         """Start sending the spool through `uplink`; subscribe to the shadow and connect."""
@@ -131,17 +136,47 @@ class Link:
         self.pump()
 
     def on_failed(self, token: int, reason: str) -> None:
+        if "NOT_AUTHORIZED" in reason and not self._said_not_authorized:
+            self._said_not_authorized = True
+            log.error(
+                "the broker refuses what %s publishes (%s): the certificate's policy does not"
+                " allow this thing; check that [device] thing_name is the thing the"
+                " certificate is attached to (its CN is usually the thing name) and that the"
+                " policy allows client id %s and topics %s",
+                self.thing,
+                reason,
+                self.thing,
+                self.cfg.aws.topic(self.thing, "*"),
+            )
         if token in self.control_tokens:
             self.control_tokens.discard(token)
         elif self.forwarder:
             log.warning("publish failed, will resend: %s", reason)
             self.forwarder.on_failed(token)
 
-    def on_link(self, up: bool, reason: str) -> None:
+    def on_subscribe_refused(self, topic: str, reason: str) -> None:
+        log.error(
+            "the broker refused the subscription to %s (%s): remote settings through the"
+            " shadow stay off; the certificate's policy must allow subscribing to it",
+            topic,
+            reason,
+        )
+
+    def on_link(self, up: bool, reason: str, *, fatal: bool = False) -> None:
+        if not up and not self.up:
+            self._still_down(reason, fatal)
+            return
         if up == self.up:
             return
         self.up = up
-        log.info("link %s%s", "up" if up else "down", f": {reason}" if reason and not up else "")
+        self._failures = 0
+        self._said = ("", 0.0)
+        level = logging.ERROR if fatal else logging.INFO
+        log.log(
+            level, "link %s%s", "up" if up else "down", f": {reason}" if reason and not up else ""
+        )
+        if not up:
+            self._said = (reason, self.clock.monotonic())
         if self.forwarder is None:
             return
         if up:
@@ -157,6 +192,27 @@ class Link:
             self.control_tokens.clear()
             self.shadow.on_disconnected()
             self.forwarder.link_down()
+
+    def _still_down(self, reason: str, fatal: bool) -> None:
+        """Another failed attempt while down: said when the reason changes, else now and then,
+        with how soon the next attempt comes (the SDK's backoff doubles to RECONNECT_MAX_S)."""
+        if not reason or reason == "stopped":
+            return
+        self._failures += 1
+        last, at = self._said
+        now = self.clock.monotonic()
+        if reason == last and now - at < REPEAT_FAILURE_S:
+            return
+        self._said = (reason, now)
+        bound = min(RECONNECT_MAX_S, 2.0 ** min(self._failures, 16))
+        log.log(
+            logging.ERROR if fatal else logging.WARNING,
+            "cannot connect (%d attempt%s): %s; next attempt within %.0f s",
+            self._failures,
+            "" if self._failures == 1 else "s",
+            reason,
+            bound,
+        )
 
     def on_inbound(self, topic: str, payload: bytes) -> None:
         if not topic.startswith(self.shadow.prefix + "/"):

@@ -6,7 +6,6 @@ they never block and never touch the spool or the state machine.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 from collections.abc import Callable
@@ -19,9 +18,11 @@ from awsiot import mqtt5_client_builder
 
 from tracker.config import THING_NAME_RE, AwsConfig
 from tracker.errors import UplinkError
-from tracker.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed
+from tracker.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed, SubscribeRefused
 
 MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit, Basic Ingest prefix included
+# PUBACK reason codes that mean the broker has the message; any other (or none) is a failure
+_PUBACK_OK = {0x00, 0x10}  # SUCCESS, NO_MATCHING_SUBSCRIBERS
 PING_TIMEOUT_MS = 30_000
 ACK_TIMEOUT_S = 60  # seconds to wait for a PUBACK before the SDK fails the publish
 # CONNACK reason codes that retrying with the same credentials cannot fix
@@ -67,6 +68,31 @@ def describe(exc: BaseException | None) -> str:
         return str(name)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def explain_failure(name: str, host: str, port: int) -> str:
+    """One line for a connection attempt that failed before MQTT: what and where to look."""
+    server = f"{host}:{port}"
+    if name.startswith("AWS_IO_DNS"):
+        return f"cannot resolve {host} ({name}): check [aws] endpoint and the board's DNS"
+    if name == "AWS_IO_SOCKET_CONNECTION_REFUSED":
+        return (
+            f"{server} refused the connection ({name}): nothing listens there; check [aws]"
+            " endpoint and port (AWS IoT Core: 8883)"
+        )
+    if name == "AWS_IO_SOCKET_CLOSED":
+        return (
+            f"{server} closed the connection during the TLS handshake ({name}): is [aws] port a"
+            " plain MQTT port (1883)? AWS IoT Core speaks TLS on 8883"
+        )
+    if name in ("AWS_IO_SOCKET_TIMEOUT", "AWS_IO_TLS_NEGOTIATION_TIMEOUT") or "TIMEOUT" in name:
+        return (
+            f"no answer from {server} in time ({name}): the network or a firewall drops the"
+            " connection, or the link is very slow"
+        )
+    if name in ("AWS_IO_SOCKET_NO_ROUTE_TO_HOST", "AWS_IO_SOCKET_NETWORK_DOWN"):
+        return f"no route to {server} ({name}): the board has no working network"
+    return f"cannot connect to {server}: {name}"
 
 
 class Uplink:
@@ -215,8 +241,27 @@ class Uplink:
             return
         subs = [mqtt5.Subscription(topic_filter=t, qos=mqtt5.QoS.AT_LEAST_ONCE) for t in topics]
         # a refused SUBSCRIBE is tried again after the next reconnect that loses the session
-        with contextlib.suppress(Exception):
-            client.subscribe(mqtt5.SubscribePacket(subscriptions=subs))
+        try:
+            fut = client.subscribe(mqtt5.SubscribePacket(subscriptions=subs))
+        except Exception as exc:  # the SDK refused it outright (validation)
+            for t in topics:
+                self._post(SubscribeRefused(t, describe(exc)))
+            return
+        fut.add_done_callback(lambda f: self._on_suback(list(topics), f))
+
+    def _on_suback(self, topics: list[str], fut: Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            if getattr(exc, "name", "") != "AWS_ERROR_MQTT5_USER_REQUESTED_STOP":
+                for t in topics:
+                    self._post(SubscribeRefused(t, describe(exc)))
+            return
+        codes = list(getattr(fut.result(), "reason_codes", None) or [])
+        for i, topic in enumerate(topics):
+            code = codes[i] if i < len(codes) else None
+            if code is None or int(code) >= 0x80:
+                name = getattr(code, "name", "no reason code")
+                self._post(SubscribeRefused(topic, f"SUBACK {name}"))
 
     def _on_publish_done(self, token: int, fut: Future[Any]) -> None:
         exc = fut.exception()
@@ -225,12 +270,14 @@ class Uplink:
             return
         puback = getattr(fut.result(), "puback", None)
         code = getattr(puback, "reason_code", None)
-        if code is not None and int(code) >= 0x80:
-            name = getattr(code, "name", str(code))
-            why = getattr(puback, "reason_string", None)
-            self._post(PubFailed(token, f"PUBACK {name}" + (f": {why}" if why else "")))
-        else:
+        if code is not None and int(code) in _PUBACK_OK:
             self._post(PubAck(token))
+            return
+        # fail safe: only a known success code lets the spool delete; an unknown code (the SDK
+        # gives None for one it cannot name) or no PUBACK at all sends the records again
+        name = getattr(code, "name", None) or "without a known reason code"
+        why = getattr(puback, "reason_string", None)
+        self._post(PubFailed(token, f"PUBACK {name}" + (f": {why}" if why else "")))
 
     def _on_publish_received(self, data: Any) -> None:
         packet = data.publish_packet
@@ -271,8 +318,12 @@ class Uplink:
                     fatal=not self._connected_once,
                 )
             )
+        elif code is not None and int(code) >= 0x80:
+            self._post(
+                LinkDown(f"{self.server} refused the connection ({getattr(code, 'name', code)})")
+            )
         else:
-            self._post(LinkDown(f"cannot connect to {self.server}: {name}"))
+            self._post(LinkDown(explain_failure(name, self._aws.endpoint, self._aws.port)))
 
     def _on_disconnection(self, data: Any) -> None:
         packet = data.disconnect_packet
