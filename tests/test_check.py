@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -246,13 +247,16 @@ def test_gps_port_that_cannot_be_opened(board: Board) -> None:
     assert result.level == "FAIL" and "cannot open GPS port" in result.detail
 
 
-def test_gps_silent_or_garbled(board: Board) -> None:
+def test_gps_silent_or_garbled(board: Board, capsys: pytest.CaptureFixture[str]) -> None:
     silent = by_name(check.run_checks(board.path, probe=probe()))["gps"][0]
     assert silent.level == "FAIL" and "nothing received" in silent.detail
     assert "4800/38400/115200" in silent.detail
+    capsys.readouterr()
     with transmitting(board.gps, bytes(range(128, 256))):  # what a wrong baud rate looks like
         garbled = by_name(check.run_checks(board.path, probe=probe()))["gps"][0]
     assert garbled.level == "FAIL" and "nor at 4800/38400/115200" in garbled.detail
+    # the slow part says what it is doing before it starts
+    assert "bytes but no NMEA" in capsys.readouterr().err
 
 
 class ReceiverAt38400:
@@ -323,28 +327,30 @@ def test_disk_nearly_full(board: Board) -> None:
     assert level(tight, "disk") == "WARN"
 
 
-def test_online_connects_to_the_endpoint(board: Board, broker: Broker) -> None:
-    board.config(aws={"port": broker.port})
+def test_online_connects_to_the_endpoint_as_the_daemon_does(board: Board, broker: Broker) -> None:
+    board.config(aws={"port": broker.port, "flow_control": False})
     results = check.run_checks(board.path, online=True, probe=probe())
-    assert [level(results, n) for n in ("dns", "tls", "mqtt")] == ["OK", "OK", "OK"]
+    (online,) = by_name(results)["online"]
+    assert online.level == "OK" and "(MQTT 5, mutual TLS)" in online.detail
+    # the daemon's client: MQTT 5 (p5), persistent session (c0), client id = thing name
+    assert re.search(rf"as {board.pki.thing_name} \(p5, c0", broker.log.read_text())
 
 
-def test_online_failures(board: Board, broker: Broker, pki: Pki) -> None:
-    board.config(aws={"port": broker.port, "ca": str(pki.other_ca)})
-    untrusted = check.run_checks(board.path, online=True, probe=probe())
-    assert (
-        level(untrusted, "tls") == "FAIL" and "not trusted" in by_name(untrusted)["tls"][0].detail
-    )
-    foreign = pki.foreign_client()
+def test_online_failures_say_what_the_daemon_would_say(
+    board: Board, broker: Broker, pki: Pki
+) -> None:
+    foreign = pki.foreign_client()  # a certificate the broker does not trust: refused fast
     board.config(aws={"port": broker.port, "cert": str(foreign.cert), "key": str(foreign.key)})
-    refused = check.run_checks(board.path, online=True, probe=probe())
-    assert any(r.level == "FAIL" and r.name in ("tls", "mqtt") for r in refused)
+    (refused,) = by_name(check.run_checks(board.path, online=True, probe=probe()))["online"]
+    assert refused.level == "FAIL" and "TLS handshake" in refused.detail
     board.config(aws={"endpoint": "nonexistent.invalid"})
-    assert level(check.run_checks(board.path, online=True, probe=probe()), "dns") == "FAIL"
+    (dns,) = by_name(check.run_checks(board.path, online=True, probe=probe()))["online"]
+    assert dns.level == "FAIL" and dns.detail.startswith("cannot resolve nonexistent.invalid")
     closed = broker.port
     broker.stop()
     board.config(aws={"port": closed})
-    assert level(check.run_checks(board.path, online=True, probe=probe()), "connect") == "FAIL"
+    (gone,) = by_name(check.run_checks(board.path, online=True, probe=probe()))["online"]
+    assert gone.level == "FAIL" and "nothing listens there" in gone.detail
 
 
 def test_command_line(board: Board, capsys: pytest.CaptureFixture[str]) -> None:

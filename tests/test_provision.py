@@ -345,3 +345,16 @@ def test_tracker_check_root_checks_a_staged_image(
     assert status == 2 and out.splitlines()[-1].endswith("1 SKIP")
     assert cli.main(["check", "--root", str(root), "--online"]) == 2
     assert "cannot check a staged image" in capsys.readouterr().err
+
+
+def test_a_thing_name_that_differs_from_the_certificate_cn_is_warned_about(
+    tmp_path: Path, pki: Pki
+) -> None:
+    other = provision.install(bundle_from(pki), tmp_path / "a", owner=None)
+    hint = [w for w in other.warnings if "CN is 'tracker-test-1'" in w]
+    assert len(hint) == 1 and "not the thing name 'tracker-0001'" in hint[0]
+    assert "NOT_AUTHORIZED" in hint[0]
+    same = provision.install(
+        bundle_from(pki, thing_name=pki.thing_name), tmp_path / "b", owner=None
+    )
+    assert not [w for w in same.warnings if "CN is" in w]

@@ -1,7 +1,8 @@
 """`tracker check`: every setup mistake on a board, found before the service starts, as a table.
 
-Owns the checks (config, files, permissions, credentials, clock, GPS, spool, endpoint). Must not
-import the AWS SDK: `--online` speaks TLS and one MQTT CONNECT with the standard library.
+Owns the checks (config, files, permissions, credentials, clock, GPS, spool, endpoint).
+`--online` connects with the daemon's own client (`tracker.uplink`, imported only then), so
+that what passes here connects in the daemon too.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import datetime as dt
 import os
 import pwd
 import shutil
-import socket
-import ssl
 import stat
 import sys
 import time
@@ -62,7 +61,7 @@ class Probe:
     gps_read_s: float = 0.5
     min_free_bytes: int = 20 * 1024 * 1024
     min_free_ratio: float = 0.05
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 40.0  # a server the client does not trust fails after 12-29 s
     open_port: Callable[..., Any] | None = None  # default hw.gps.open_gps
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -159,6 +158,12 @@ def check_gps(gps: dict[str, Any], probe: Probe) -> Result:
         if data and is_device_path(url):  # bytes but no NMEA: most often the wrong baud rate
             port.close()
             reads = max(2, int(probe.gps_window_s / probe.gps_read_s))
+            print(
+                f"tracker check: bytes but no NMEA from {url} at {baud} baud; trying the other"
+                f" rates ({len(BAUD_RATES) - 1} x {reads * probe.gps_read_s:g} s at most)...",
+                file=sys.stderr,
+                flush=True,
+            )
             found = detect_baudrate(
                 url, baud, open_port=opener, timeout=probe.gps_read_s, reads=reads
             )
@@ -288,98 +293,51 @@ def check_spool(spool: dict[str, Any], probe: Probe, root: Path | None = None) -
 
 # ------------------------------------------------------------------------------ online
 
-CONNACK_CODES = {
-    1: "unacceptable protocol version",
-    2: "client id rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized: check the policy attached to the certificate",
-}
-
-
-def mqtt_connect_packet(client_id: str, keepalive_s: int = 30) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session."""
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02" + keepalive_s.to_bytes(2, "big")
-    body += len(cid).to_bytes(2, "big") + cid
-    length, n = b"", len(body)
-    while True:
-        digit, n = n % 128, n // 128
-        length += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            break
-    return b"\x10" + length + body
-
 
 def check_online(aws: dict[str, Any], thing: str, probe: Probe) -> Iterator[Result]:
-    """Resolve the endpoint, open mutual TLS with the board's credentials, and send CONNECT."""
-    host, port = aws.get("endpoint"), aws.get("port")
-    if not isinstance(host, str) or not isinstance(port, int) or not thing:
-        yield Result(FAIL, "endpoint", "no usable [aws] endpoint / port or thing name")
-        return
+    """Connect as the daemon does, with its own client (MQTT 5, mutual TLS, awscrt), then leave.
+
+    What passes here connects in the daemon too; a failure says what the daemon would say."""
+    import queue
+
+    from tracker import events as ev
+    from tracker.uplink import Uplink
+
     try:
-        addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
-    except OSError as exc:
-        yield Result(
-            FAIL,
-            "dns",
-            f"cannot resolve {host}: {exc.strerror or exc}; check [aws] "
-            "endpoint and the board's DNS",
-        )
+        cfg = tconfig.AwsConfig(**aws)
+    except TypeError:
+        yield Result(FAIL, "online", "no usable [aws] section (see the config lines)")
         return
-    yield Result(OK, "dns", f"{host} is {addr}")
+    got: queue.Queue[ev.Event] = queue.Queue()
+    uplink = Uplink(cfg, thing, got.put, reconnect_min_s=1.0, reconnect_max_s=2.0)
+    server = f"{cfg.endpoint}:{cfg.port}"
     try:
-        ctx = ssl.create_default_context(cafile=aws["ca"])
-        ctx.load_cert_chain(aws["cert"], aws["key"])
-        if port == 443:
-            ctx.set_alpn_protocols(["x-amzn-mqtt-ca"])
-    except (OSError, ssl.SSLError, KeyError, TypeError) as exc:
-        yield Result(FAIL, "tls", f"cannot load the credentials for TLS: {exc}")
-        return
-    try:
-        raw = socket.create_connection((host, port), timeout=probe.connect_timeout_s)
-    except OSError as exc:
-        yield Result(
-            FAIL,
-            "connect",
-            f"cannot reach {host}:{port}: {exc.strerror or exc}; check "
-            "the port, a firewall or the network",
-        )
-        return
-    try:
-        with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            yield Result(OK, "tls", f"{host}:{port} {tls.version()}, server certificate trusted")
-            tls.sendall(mqtt_connect_packet(thing))
-            reply = tls.recv(4)
-            if len(reply) < 4 or reply[0] != 0x20:
+        uplink.start()
+        deadline = time.monotonic() + probe.connect_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 yield Result(
                     FAIL,
-                    "mqtt",
-                    f"{host} closed the connection: is the certificate "
-                    f"registered and active, and may it connect as {thing}?",
+                    "online",
+                    f"no MQTT answer from {server} within {probe.connect_timeout_s:.0f} s:"
+                    " a firewall or the network drops the connection",
                 )
-            elif reply[3] != 0:
-                why = CONNACK_CODES.get(reply[3], f"code {reply[3]}")
-                yield Result(FAIL, "mqtt", f"{host} refused CONNECT as {thing}: {why}")
-            else:
-                tls.sendall(b"\xe0\x00")  # DISCONNECT
-                yield Result(OK, "mqtt", f"connected as {thing}")
-    except ssl.SSLCertVerificationError as exc:
-        yield Result(
-            FAIL,
-            "tls",
-            f"{host}'s certificate is not trusted by [aws] ca: "
-            f"{exc.verify_message}; use AmazonRootCA1.pem",
-        )
-    except (ssl.SSLError, OSError) as exc:
-        yield Result(
-            FAIL,
-            "tls",
-            f"TLS with {host}:{port} failed: {exc}; is the device "
-            "certificate registered and active?",
-        )
+                return
+            try:
+                event = got.get(timeout=left)
+            except queue.Empty:
+                continue
+            if isinstance(event, ev.LinkUp):
+                yield Result(OK, "online", f"connected to {server} as {thing} (MQTT 5, mutual TLS)")
+                return
+            if isinstance(event, ev.LinkDown):
+                yield Result(FAIL, "online", event.reason)
+                return
+    except TrackerError as exc:
+        yield Result(FAIL, "online", str(exc))
     finally:
-        raw.close()
+        uplink.stop()
 
 
 # ------------------------------------------------------------------------------ command

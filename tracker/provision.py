@@ -140,6 +140,9 @@ def service_owner(root: Path, name: str = SERVICE_USER) -> Owner | None:
 # ------------------------------------------------------------------------------ checking
 
 
+AWS_CERT_CN = "AWS IoT Certificate"
+
+
 def check_bundle(bundle: Bundle, now: dt.datetime) -> list[str]:
     """Validate credentials and settings before anything is written; returns warnings.
 
@@ -158,7 +161,17 @@ def check_bundle(bundle: Bundle, now: dt.datetime) -> list[str]:
     if verdict.level == cred.FAIL:
         raise ProvisionError(verdict.detail)
     render_config(bundle)  # validates thing name, endpoint and settings
-    return [verdict.detail] if verdict.level == cred.WARN else []
+    warnings = [verdict.detail] if verdict.level == cred.WARN else []
+    cn = cred.common_name(cert)
+    # certificates AWS IoT creates are all "AWS IoT Certificate"; one made from a CSR (ours put
+    # the thing name in it) or by a private CA names its device: a different name is a hint
+    if cn and cn != AWS_CERT_CN and cn != bundle.thing_name:
+        warnings.append(
+            f"the certificate's CN is {cn!r}, not the thing name {bundle.thing_name!r}: fine only"
+            f" if the certificate is attached to thing {bundle.thing_name} and its policy allows"
+            f" client id {bundle.thing_name}; otherwise every publish is refused (NOT_AUTHORIZED)"
+        )
+    return warnings
 
 
 def _toml_value(value: Any) -> str:
