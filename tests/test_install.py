@@ -115,6 +115,8 @@ def test_live_dry_run_shows_the_board_steps(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "-m venv /opt/tracker/venv" in out and "pip install" in out
+    assert "--require-hashes -r " in out and "deploy/requirements.lock" in out
+    assert re.search(r"pip install --no-cache-dir --no-deps \S+$", out, re.M)
     assert "+ systemctl enable tracker.service tracker-clock.path" in out
     assert "+ systemctl daemon-reload" in out
     assert "usermod --append --groups dialout,gpio tracker" in out
