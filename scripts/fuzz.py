@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ EVIL = (
 
 def realistic(kind: str, rng: random.Random) -> str:
     r = rng.random
-    return {
+    makers: dict[str, Callable[[], str]] = {
         "time": lambda: (
             f"{rng.randrange(24):02d}{rng.randrange(60):02d}{rng.randrange(61):02d}"
             + rng.choice(("", ".00", ".5", ".123"))
@@ -86,7 +87,8 @@ def realistic(kind: str, rng: random.Random) -> str:
         "T": lambda: "T",
         "N": lambda: "N",
         "K": lambda: "K",
-    }[kind]()
+    }
+    return makers[kind]()
 
 
 def sentence(rng: random.Random) -> bytes:

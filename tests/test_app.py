@@ -338,9 +338,16 @@ def test_a_power_command_that_cannot_be_sent_yet_is_sent_when_the_port_opens(
     app = make_app(tmp_path)
     power = FlakyPower()
     uplink = FakeUplink(app.post)
-    app.attach(Parts(uplink=uplink, gps=None, power=power, battery=open_battery("none://"),
-                     temperature=open_temperature("none://"),
-                     motion=open_motion("none://", lambda: None)))
+    app.attach(
+        Parts(
+            uplink=uplink,
+            gps=None,
+            power=power,
+            battery=open_battery("none://"),
+            temperature=open_temperature("none://"),
+            motion=open_motion("none://", lambda: None),
+        )
+    )
     assert app.device.state is State.ACQUIRING_FIX and power.sent == []  # no crash
     power.port_open = True
     app.handle(GpsPort(True, "open"))

@@ -139,7 +139,7 @@ def test_a_device_only_import_stops_the_build(tmp_path: Path) -> None:
     fake.mkdir()
     (fake / "__init__.py").write_text("")
     (fake / "bad.py").write_text("def f():\n    import sqlite3\n")
-    module.ROOT = tmp_path
+    module.ROOT = tmp_path  # type: ignore[attr-defined]
     try:
         module.closure()
     except module.BundleError as exc:

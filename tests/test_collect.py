@@ -81,7 +81,7 @@ def test_live_and_batch_land_once_per_seq_in_the_firehose_layout(
     day = lake / "fixes" / "thing=truck-1" / "day=2026-11-26"
     assert len(list(day.glob("*.jsonl"))) == 1
     lines = [json.loads(x) for x in next(day.glob("*.jsonl")).read_text().splitlines()]
-    assert sorted(int(d["seq"]) for d in lines) == list(range(1, 31))  # type: ignore[call-overload]
+    assert sorted(int(d["seq"]) for d in lines) == list(range(1, 31))
     assert list(lines[0]) == ["thing", "seq", "trigger", "time", "lat", "lon", "alt", "speed",
                               "course", "mode", "sats", "hdop", "received"]  # fmt: skip
     assert [f.record.seq for f in read_fixes(lake, "truck-2")] == [1]

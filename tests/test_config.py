@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tracker import config
-from tracker.config import ConfigError
+from tracker.errors import ConfigError
 
 MINIMAL = """
 [device]

@@ -21,9 +21,7 @@ def toml_text(sections: Sections, header: str = "") -> str:
     return (f"# {header}\n" if header else "") + body
 
 
-def daemon_config(
-    broker: Broker, gps_path: str, spool: Path, extra: Sections | None = None
-) -> str:
+def daemon_config(broker: Broker, gps_path: str, spool: Path, extra: Sections | None = None) -> str:
     """A config for this broker and GPS: recordings keep their dates, the clock is never set."""
     aws = broker.aws_config()
     sections: dict[str, dict[str, Any]] = {
