@@ -270,11 +270,11 @@ class GpsReader:
         except Exception as exc:
             if isinstance(exc, OSError):
                 self.stats.losses += 1
-                log.warning("GPS port %s lost: %s", self.url, exc)
+                log.debug("GPS port %s lost: %s", self.url, exc)  # the loop says it
             else:
                 self.stats.errors += 1
                 log.exception("GPS port %s: unexpected error reading", self.url)
-            return f"GPS port {self.url} lost: {_one_line(str(exc))}; reopening"
+            return f"{self.url} lost: {_one_line(str(exc))}; reopening"
         finally:
             self._set_port(None)
             try:

@@ -132,7 +132,7 @@ def test_reader_survives_unplug_and_fixes_resume_after_replug(gps: FakeGps) -> N
     assert [e.fix for e in decode(bytes(sink.data)[len(first) :]) if e.fix]
     up, detail = sink.statuses[1]
     assert not up
-    assert detail.startswith(f"GPS port {gps.path} lost: ") and "\n" not in detail
+    assert detail.startswith(f"{gps.path} lost: ") and "\n" not in detail
     assert (reader.stats.opens, reader.stats.losses, reader.stats.errors) == (2, 1, 0)
 
 

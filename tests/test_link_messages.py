@@ -76,3 +76,22 @@ def test_a_refused_subscription_is_an_error_naming_the_topic(
     h.event(SubscribeRefused(topic, "SUBACK NOT_AUTHORIZED"))
     (line,) = said(caplog, "refused the subscription")
     assert topic in line and "SUBACK NOT_AUTHORIZED" in line and "policy" in line
+
+
+def test_a_shadow_delta_is_logged_once_not_by_every_layer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from tracker.events import Inbound
+
+    caplog.set_level(logging.INFO)
+    h = Harness(make_app(tmp_path))
+    h.event(LinkUp())
+    caplog.clear()
+    delta = {"version": 7, "state": {"policy": {"distance_m": 50, "nope": 1}}}
+    h.event(Inbound("$aws/things/truck-7/shadow/update/delta", json.dumps(delta).encode()))
+    applied = said(caplog, "applied")
+    refused = said(caplog, "refused")
+    assert len(applied) == 1 and "policy.distance_m=50" in applied[0]
+    assert len(refused) == 1 and "policy.nope" in refused[0]

@@ -220,12 +220,8 @@ class Link:
             return
         result = self.shadow.on_message(topic, payload)
         self.publish(result.publish)
-        if result.config is not None:
+        if result.config is not None:  # the shadow has said what it applied and refused
             self.on_config(result.config)
-            applied = ", ".join(f"{k}={v}" for k, v in result.applied.items())
-            log.info("remote settings applied: %s", applied or "none")
-        for key, why in result.rejected.items():
-            log.warning("remote setting %s refused: %s", key, why)
 
     # ---- low power ----------------------------------------------------------------------------
     def want(self, wanted: bool) -> None:
