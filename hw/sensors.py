@@ -253,6 +253,7 @@ class GpioMotion:
         falling: bool = False,
         holdoff_s: float = 1.0,
         gpiod: Any = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         gpiod = gpiod or import_gpiod("gpio:// motion")
         path = chip if chip.startswith("/") else f"/dev/{chip}"
@@ -271,6 +272,7 @@ class GpioMotion:
             raise HardwareError(f"motion line {path} {line}: {exc}") from exc
         self._on_motion = on_motion
         self._holdoff = holdoff_s
+        self._monotonic = monotonic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="motion", daemon=True)
         self._thread.start()
@@ -285,7 +287,7 @@ class GpioMotion:
             except OSError as exc:
                 log.warning("motion line: %s; motion wake-ups disabled", exc)
                 return
-            now = time.monotonic()
+            now = self._monotonic()
             if now - last >= self._holdoff:
                 last = now
                 self._on_motion()

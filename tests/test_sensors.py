@@ -202,3 +202,41 @@ def test_gpio_motion_without_gpiod(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gpiod", None)
     with pytest.raises(HardwareError, match="needs the gpiod package"):
         open_motion("gpio://gpiochip0/27", lambda: None)
+
+
+class EdgeTrain:
+    """Edges that arrive one by one at given monotonic times; `done` once all are read."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times = list(times)
+        self.now = 0.0
+        self.done = threading.Event()
+        self.released = False
+
+    def wait_edge_events(self, timeout: float) -> bool:
+        if self.times:
+            return True
+        self.done.set()
+        threading.Event().wait(min(timeout, 0.01))
+        return False
+
+    def read_edge_events(self) -> list[object]:
+        self.now = self.times.pop(0)
+        return [object()]
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_gpio_motion_holds_off_a_burst_of_edges() -> None:
+    gpiod = fake_gpiod()
+    train = EdgeTrain([10.0, 10.3, 10.9, 11.2, 11.25, 15.0])
+    gpiod.request_lines = lambda path, consumer, config: train  # type: ignore[attr-defined]
+    fired: list[float] = []
+    motion = GpioMotion(
+        "gpiochip0", 27, lambda: fired.append(train.now), holdoff_s=1.0, gpiod=gpiod,
+        monotonic=lambda: train.now,
+    )  # fmt: skip
+    assert train.done.wait(10)
+    motion.close()
+    assert fired == [10.0, 11.2, 15.0]  # one wake-up per second of a vibrating vehicle
