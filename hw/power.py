@@ -137,7 +137,8 @@ def import_gpiod(url: str) -> Any:
         import gpiod  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise HardwareError(
-            f"{url} needs the gpiod package (libgpiod 2): pip install gpiod"
+            f"{url} needs the gpiod package (libgpiod 2): install the tracker's gpio extra"
+            " (/opt/tracker/venv/bin/pip install 'gpiod>=2')"
         ) from exc
     return gpiod
 
