@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz the decoder, the codec and `tracker decode` with generated receiver output and payloads.
 
-Usage: scripts/fuzz [--inputs N] [--seed S] [--report FILE]
+Usage: scripts/fuzz [--inputs N] [--seed S]
 
 One input is one NMEA sentence (any talker, any used type, fields drawn from realistic values,
 values no receiver sends and plain junk, with a valid checksum, sometimes damaged after framing)

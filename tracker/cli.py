@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files",
         nargs="+",
         metavar="FILE",
-        help="payload files, or captured mosquitto_sub output (plain, -v, -F %%j, -F %%x), "
+        help="payload files, or captured mosquitto_sub output (plain, -v, -F %%j, -F %%J, -F %%x), "
         "or - for stdin",
     )
 

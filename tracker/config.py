@@ -58,7 +58,7 @@ class DeviceConfig:
     set_clock: bool = setting(
         True,
         "set an unset system clock (no RTC: 1970 at boot) from GPS time, so TLS can "
-        "check certificates; needs CAP_SYS_TIME",
+        "check certificates: directly with CAP_SYS_TIME, else through tracker-clock.service",
     )
 
 
