@@ -1,0 +1,113 @@
+"""The house's boundaries as rules that fail, not docstrings that hope: who may import what.
+
+Every import statement of every module (function-level ones included) is read with `ast`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(
+    p
+    for d in ("tracker", "hw", "cloud")
+    for p in (ROOT / d).rglob("*.py")
+    if "__pycache__" not in p.parts
+)
+
+# the one owner of each outside world
+OWNERS = {
+    "awscrt": {"tracker/uplink.py", "tracker/collect_link.py", "tracker/identity.py"},
+    "awsiot": {"tracker/uplink.py", "tracker/collect_link.py", "tracker/identity.py"},
+    "sqlite3": {"tracker/spool.py"},
+    "serial": {"hw/gps.py", "hw/protocol_gpsd.py", "hw/protocol_replay.py"},
+    "boto3": {"cloud/provisioning_hook.py", "cloud/location.py"},
+    "botocore": {"cloud/provisioning_hook.py", "cloud/location.py"},
+}
+# modules that decide or transform and do no I/O: no outside world, no hardware, no threads
+PURE = {
+    "tracker/fix.py", "tracker/codec.py", "tracker/errors.py", "tracker/nmea.py",
+    "tracker/sentences.py", "tracker/epoch.py", "tracker/machine.py", "tracker/policy.py",
+    "tracker/events.py",
+}  # fmt: skip
+IMPURE = {"awscrt", "awsiot", "sqlite3", "serial", "socket", "ssl", "threading", "hw", "boto3"}
+# what the hardware layer may use of the application: its error types, clock and NMEA framing
+HW_MAY_USE = {"tracker.errors", "tracker.clock", "tracker.nmea"}
+# what the Lambda handlers may use of the device's code: the pure codec
+CLOUD_MAY_USE = {"tracker.codec", "tracker.fix", "tracker.errors"}
+
+
+def imports(path: Path) -> set[str]:
+    """Every module name an import statement in `path` names (absolute, dotted)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_the_sources_are_found() -> None:
+    assert {"tracker/app.py", "hw/gps.py", "cloud/transform.py"} <= {rel(p) for p in SOURCES}
+
+
+@pytest.mark.parametrize("library", sorted(OWNERS))
+def test_each_outside_world_has_its_owners_only(library: str) -> None:
+    users = {rel(p) for p in SOURCES if library in {top(n) for n in imports(p)}}
+    assert users <= OWNERS[library], f"{library} imported outside its owners: {users}"
+    assert users, f"nobody imports {library}: the rule is stale"
+
+
+def test_pure_modules_do_no_io() -> None:
+    bad = {
+        rel(p): sorted(n for n in imports(p) if top(n) in IMPURE) for p in SOURCES if rel(p) in PURE
+    }
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert len(bad) == len(PURE)
+
+
+def test_hardware_uses_only_the_applications_ground_floor() -> None:
+    bad = {
+        rel(p): sorted(
+            n for n in imports(p) if top(n) == "tracker" and n not in HW_MAY_USE
+            and not any(n.startswith(m + ".") for m in HW_MAY_USE)
+        )
+        for p in SOURCES
+        if rel(p).startswith("hw/")
+    }  # fmt: skip
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_cloud_handlers_use_only_the_pure_codec() -> None:
+    bad = {
+        rel(p): sorted(
+            n for n in imports(p) if top(n) == "tracker" and n not in CLOUD_MAY_USE
+            and not any(n.startswith(m + ".") for m in CLOUD_MAY_USE)
+        )
+        for p in SOURCES
+        if rel(p).startswith("cloud/")
+    }  # fmt: skip
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_device_never_imports_the_cloud_side() -> None:
+    users = {
+        rel(p)
+        for p in SOURCES
+        if not rel(p).startswith("cloud/") and "cloud" in {top(n) for n in imports(p)}
+    }
+    assert users == set()
