@@ -28,7 +28,7 @@ from tracker.config import (
     THING_NAME_RE,
     TOPIC_PREFIX_RE,
     AwsConfig,
-    check_value,
+    build_section,
     setting,
     shown,
 )
@@ -71,22 +71,6 @@ class CollectConfig:
         return [plain.topic("+", kind) for kind in KINDS]
 
 
-def _section(name: str, cls: type[Any], raw: Any) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"[{name}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key [{name}] {unknown[0]}; allowed: {', '.join(fields)}")
-    values = {}
-    for fname, f in fields.items():
-        if fname in raw:
-            values[fname] = check_value(name, f, raw[fname])
-        elif f.default is None:
-            raise ConfigError(f"missing key [{name}] {fname}: {f.metadata['doc']}")
-    return cls(**values)
-
-
 def from_dict(doc: Mapping[str, Any]) -> CollectConfig:
     """Validate a TOML-shaped dict: sections [aws] and [collect] only."""
     unknown = sorted(set(doc) - {"aws", "collect"})
@@ -95,8 +79,8 @@ def from_dict(doc: Mapping[str, Any]) -> CollectConfig:
             f"unknown section [{unknown[0]}]; the collector reads [aws] and [collect]"
         )
     cfg = CollectConfig(
-        aws=_section("aws", AwsConfig, doc.get("aws", {})),
-        collect=_section("collect", CollectSection, doc.get("collect", {})),
+        aws=build_section("aws", AwsConfig, doc.get("aws", {})),
+        collect=build_section("collect", CollectSection, doc.get("collect", {})),
     )
     if not cfg.aws.endpoint or any(c in cfg.aws.endpoint for c in "/: "):
         raise ConfigError(

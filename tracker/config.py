@@ -291,8 +291,10 @@ def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
     return value
 
 
-def _build_section(name: str, raw: Mapping[str, Any]) -> Any:
-    cls = SECTION_TYPES[name]
+def build_section(name: str, cls: type[Any], raw: Any) -> Any:
+    """A section's dataclass from its TOML table: each key checked, unknown and missing named."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -339,11 +341,8 @@ def from_dict(doc: Mapping[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]; allowed: {', '.join(SECTION_TYPES)}")
     sections = {}
-    for name in SECTION_TYPES:
-        raw = doc.get(name, {})
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"[{name}] must be a table")
-        sections[name] = _build_section(name, raw)
+    for name, cls in SECTION_TYPES.items():
+        sections[name] = build_section(name, cls, doc.get(name, {}))
     cfg = Config(**sections)
     validate(cfg)
     return cfg
