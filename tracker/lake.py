@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import TrackerError
+from tracker.files import fsync_dir
 from tracker.fix import Fix, Record, format_time, parse_time
 
 FIX_FIELDS = ("time", "lat", "lon", "alt", "speed", "course", "mode", "sats", "hdop")
@@ -261,7 +262,7 @@ class LakeWriter:
             for fd in written:
                 os.fsync(fd)
             for d in sorted(new_dirs, key=lambda p: len(p.parts), reverse=True):
-                _fsync_dir(d)
+                fsync_dir(d)
         return n
 
     def _open_file(self, folder: Path, new_dirs: set[Path]) -> int:
@@ -286,11 +287,3 @@ class LakeWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ from typing import Any
 from tracker import config as tconfig
 from tracker import credentials as cred
 from tracker.errors import ConfigError, ProvisionError
+from tracker.files import fsync_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -300,14 +301,6 @@ def _compare(path: Path, kind: str, mode: int, data: bytes, owner: Owner | None)
     return "unchanged" if same_data and same_meta else "replace"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dir(change: Change, owner: Owner | None) -> None:
     # parents the board lacks are made 0755 whatever the umask (under umask 000 they were 0777)
     for parent in reversed(change.path.parents):
@@ -373,7 +366,7 @@ def apply(changes: list[Change], owner: Owner | None) -> None:
                 raise
             backups.append((backup, final))
         for parent in {final.parent for _, final in temps}:
-            _fsync_dir(parent)
+            fsync_dir(parent)
     except OSError as exc:
         _undo(temps, backups, made_dirs)
         where = exc.filename or "the target"

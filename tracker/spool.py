@@ -15,8 +15,9 @@ from pathlib import Path
 from tracker import spool_sql
 from tracker.clock import Clock, SystemClock
 from tracker.errors import SpoolError
+from tracker.files import fsync_dir
 from tracker.fix import Fix, Record
-from tracker.spool_files import SeqSidecar, fsync_dir, move_aside, prepare_dir
+from tracker.spool_files import SeqSidecar, move_aside, prepare_dir
 from tracker.spool_loss import Found, look, settle
 from tracker.spool_room import Room
 from tracker.spool_rows import COLS, HELD_SEQS, MARKS, SpoolStats, to_record, to_row

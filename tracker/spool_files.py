@@ -6,13 +6,13 @@ Standard library (os, json, pathlib) and `tracker.errors` only; must not import 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 
 from tracker.errors import SpoolError
+from tracker.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,6 @@ class SeqSidecar:
 
     def write(self) -> bool:
         """Write the sidecar atomically (temporary file, fsync, rename); False on failure."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = {
             "reserved": self.reserved,
             "recovered_corrupt": self.recovered,
@@ -103,17 +102,10 @@ class SeqSidecar:
             "first": self.first,
         }
         try:
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.db_path.parent)
+            atomic_write(self.path, json.dumps(data).encode())
             return True
         except OSError as exc:
             log.warning("spool %s: cannot write %s: %s", self.db_path, self.path, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             return False
 
 
@@ -176,12 +168,3 @@ def move_aside(db_path: Path) -> Path:
             os.replace(side, aside.with_name(aside.name + suffix))
     db_path.with_name(db_path.name + "-shm").unlink(missing_ok=True)
     return aside
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a created or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
