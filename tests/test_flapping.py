@@ -87,7 +87,14 @@ def test_a_flapping_broker_loses_nothing_and_repeats_only_fixes_in_flight(
             f"{loop.in_flight_at_drops}, resent {st.resent_fixes}, late acks {st.late_acks}"
         )
         assert len(loop.in_flight_at_drops) >= OUTAGES
-        assert duplicates <= graceful_in_flight
+        # the forwarder never sends a record again because the link dropped: the SDK resends
+        # what it holds, once (the old forwarder resent 550-618 fixes here, and each arrived twice)
+        assert st.resent_fixes == 0 and st.late_acks == 0
+        # what the cloud sees twice was in flight at a drop, in one direction or the other: the
+        # tracker's window at a graceful stop (`graceful_in_flight`), or the broker's own
+        # redelivery to the subscriber after a restart, which grows on a loaded machine whose
+        # subscriber PUBACKs lag; far from every fix going twice
+        assert graceful_in_flight > 0 and duplicates < last // 2
         assert loop.max_outstanding <= 2 * WINDOW
     finally:
         loop.close()
