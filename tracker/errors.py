@@ -18,10 +18,6 @@ class GpsError(TrackerError, OSError):
     """The GPS port cannot be opened or read."""
 
 
-class GpsTimeoutError(GpsError, TimeoutError):
-    """The GPS port delivered no valid NMEA in time."""
-
-
 class SpoolError(TrackerError, OSError):
     """The on-disk spool cannot be opened or written."""
 

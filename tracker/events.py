@@ -1,7 +1,8 @@
 """Events posted to the one loop that owns the state (`tracker.app`).
 
 Producers (the GPS reader thread, SDK callbacks, signal handlers, timers) only build one of these
-and `put` it on the loop's `queue.Queue`; they never touch state. Pure data, standard library only.
+and `put` it on the loop's `queue.SimpleQueue`; they never touch state. Pure data, standard
+library only.
 """
 
 from __future__ import annotations
