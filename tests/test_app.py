@@ -134,6 +134,7 @@ def seqs(records: list[Any]) -> list[int]:
 def test_a_drive_reports_every_recorded_fix_once_in_seq_order(harness: Harness) -> None:
     harness.event(LinkUp())
     harness.play("qtpositioning/nmealog.txt")
+    harness.advance_to(harness.clock.monotonic() + 60)  # the last ones wait max_delay_s at most
     received = harness.uplink.records()
     assert harness.app.reports > 10
     assert seqs(received) == list(range(1, harness.app.reports + 1))
@@ -191,6 +192,7 @@ def test_low_battery_leads_to_low_power_and_the_condition_says_why(tmp_path: Pat
 def test_condition_message_carries_the_device_health(harness: Harness) -> None:
     harness.event(LinkUp())
     harness.play("qtpositioning/nmealog.txt", limit=30)
+    harness.advance_to(harness.clock.monotonic() + 60)  # the last ones wait max_delay_s at most
     harness.app.condition("test")
     c = harness.uplink.conditions()[-1]
     assert c["reason"] == "test"

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from tracker import __version__
 from tracker import config as config_mod
 from tracker import events as ev
+from tracker.budget import Budget
+from tracker.budget import default_path as budget_path
 from tracker.clock import Clock, ScaledClock, SystemClock
 from tracker.config import Config
 from tracker.epoch import DEFAULT_DATE_FLOOR, RECORDING_DATE_FLOOR, Decoder, Epoch
@@ -98,9 +100,17 @@ class App:
         self.device = Device(cfg.policy, self, self.clock)
         self.parts: Parts | None = None
         self.timers: dict[str, float] = {}
-        self.mqtt = Link(
-            cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.apply_config
+        self.budget = Budget(
+            cfg.budget,
+            lambda: self.gps_time.now(),
+            self.clock.monotonic,
+            budget_path(cfg.spool.path),
+            keepalive_s=cfg.aws.keepalive_s,
         )
+        self.mqtt = Link(
+            cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.apply_config,
+            self.budget,
+        )  # fmt: skip
         self.gps_wanted_on = True
         self.gps_port_up = False
         self.last_epoch: Epoch | None = None
@@ -176,7 +186,7 @@ class App:
         rec = self.spool.put(fix, trigger)
         self.reports += 1
         log.debug("fix %s %s", rec.seq if rec else "dropped", trigger)
-        self.mqtt.pump()
+        self.mqtt.recorded(trigger)
 
     def condition(self, reason: str) -> None:
         self.mqtt.condition(self.condition_fields(reason))
@@ -209,6 +219,7 @@ class App:
         if self.device.state is State.LOW_POWER:
             if not self._low_power_flushed:  # acknowledged rows leave the disk before sleeping
                 self.spool.flush()
+                self.budget.save_if_due(force=True)
                 self._low_power_flushed = True
         else:
             self._low_power_flushed = False
@@ -336,6 +347,7 @@ class App:
             if parts.motion is not None and hasattr(parts.motion, "close"):
                 parts.motion.close()
         self.mqtt.shutdown()
+        self.budget.save_if_due(force=True)
         self.spool.close()
         log.log(logging.DEBUG if quiet else logging.INFO, "stopped (%s)", self.stop_reason or "end")
 
@@ -490,5 +502,6 @@ class App:
                 "held_seqs": list(st.held_seqs),
             },
             "link": {"up": self.link_up, "drops": self.mqtt.drops},
+            "budget": self.budget.report(),
             "internal_errors": self.internal_errors,
         }

@@ -92,6 +92,11 @@ class AwsConfig:
         8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100
     )
     flow_control: bool = setting(True, "apply AWS IoT Core's 100 msg/s and 512 KB/s limits")
+    compress: bool = setting(
+        True,
+        "send fixes as batch version 2 (deflated); false: v1 JSON batches and one plain JSON "
+        "object per live fix, for rules that read fields",
+    )
 
     def topic(self, thing_name: str, kind: str) -> str:
         """The topic for `kind` (location, condition) of this device."""
@@ -193,6 +198,35 @@ class PolicyConfig:
     condition_interval_s: float = setting(
         900.0, "condition message period", lo=60, hi=86400, unit="s", remote=True
     )
+    max_delay_s: float = setting(
+        60.0,
+        "a fix waits at most this long to share a message with the next ones (first fix, "
+        "start, stop and heartbeat go at once); 0: every fix at once",
+        lo=0,
+        hi=3600,
+        unit="s",
+        remote=True,
+    )
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    bytes_per_day: int = setting(
+        0,
+        "link bytes (TCP/IP, TLS, MQTT; estimated) a GPS day (UTC) may use; fixes that do not "
+        "fit wait in the spool; 0: unlimited",
+        lo=0,
+        hi=1_000_000_000,
+        unit="bytes",
+        remote=True,
+    )
+    messages_per_day: int = setting(
+        0,
+        "AWS IoT messages (5 KB blocks) a GPS day may use; 0: unlimited",
+        lo=0,
+        hi=10_000_000,
+        remote=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +267,7 @@ class Config:
     gps: GpsConfig = field(default_factory=GpsConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
     sensors: SensorsConfig = field(default_factory=SensorsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -245,6 +280,7 @@ SECTION_TYPES: dict[str, type[Any]] = {
     "gps": GpsConfig,
     "spool": SpoolConfig,
     "policy": PolicyConfig,
+    "budget": BudgetConfig,
     "power": PowerConfig,
     "sensors": SensorsConfig,
     "log": LogConfig,

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tracker import codec
+from tracker.budget import Budget, blocks, message_cost
 from tracker.clock import Clock
 from tracker.config import Config
 from tracker.errors import TrackerError
-from tracker.forward import Forwarder
+from tracker.forward import Forwarder, publish_packet_bytes
 from tracker.shadow import ShadowSync
 from tracker.spool import Spool
 
@@ -45,8 +46,10 @@ class Link:
         clock: Clock,
         timers: dict[str, float],
         on_config: Callable[[Config], None],
+        budget: Budget | None = None,
     ) -> None:
         self.cfg = cfg
+        self.budget = budget
         self.thing = thing
         self.shadow = shadow
         self.spool = spool
@@ -72,17 +75,24 @@ class Link:
             window=self.cfg.aws.window,
             batch_bytes=self.cfg.aws.batch_bytes,
             clock=self.clock,
+            max_delay_s=self.cfg.policy.max_delay_s,
+            batch_version=2 if self.cfg.aws.compress else 1,
+            budget=self.budget,
         )
         for topic in self.shadow.topics():
             uplink.subscribe(topic)
         uplink.start()
 
     def reconfigure(self, new: Config) -> None:
-        """Settings that apply without a restart: the batch size."""
+        """Settings that apply without a restart: the batch size, the delay bound, the budget."""
         old = self.cfg
         self.cfg = new
         if self.forwarder is not None and new.aws.batch_bytes != old.aws.batch_bytes:
             self.forwarder.batch_bytes = new.aws.batch_bytes
+        if self.forwarder is not None:
+            self.forwarder.max_delay_s = new.policy.max_delay_s
+        if self.budget is not None:
+            self.budget.reconfigure(new.budget)
 
     def replace_shadow(self, shadow: ShadowSync) -> None:
         """A reloaded config comes with its own shadow state; report it at once when up."""
@@ -105,6 +115,10 @@ class Link:
             "battery_pct": battery.get("percent"),
             "last_fix_age_s": fields["gps"]["last_fix_age_s"],
         }
+        if "budget" in fields:
+            summary["budget_bytes"] = fields["budget"]["bytes"]
+            summary["budget_messages"] = fields["budget"]["messages"]
+            summary["budget_waiting_s"] = fields["budget"]["waiting_s"]
         self.publish(self.shadow.report_status(summary))
 
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
@@ -113,6 +127,15 @@ class Link:
             return
         for topic, payload in messages:
             self.control_tokens.add(self.uplink.publish(topic, payload))
+            if self.budget is not None:
+                wire = publish_packet_bytes(topic, len(payload))
+                self.budget.spend(message_cost(wire), blocks(len(payload)))
+
+    def recorded(self, trigger: str) -> None:
+        """A fix went into the spool: it goes now or shares a later message (`max_delay_s`)."""
+        if self.forwarder is not None:
+            self.forwarder.recorded(trigger)
+        self.pump()
 
     def pump(self) -> None:
         if self.up and self.forwarder is not None:
@@ -144,6 +167,8 @@ class Link:
         log.info("link %s%s", "up" if up else "down", f": {reason}" if reason and not up else "")
         if self.forwarder is None:
             return
+        if self.budget is not None:
+            self.budget.link(up)
         if up:
             self.forwarder.link_up()
             self.publish(self.shadow.on_connected())
@@ -183,6 +208,9 @@ class Link:
             if self.closed:
                 self.reopen()
         elif not self.closed:
+            if self.forwarder is not None:
+                self.forwarder.flush()  # nothing held back for a message that would come later
+                self.pump()
             self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
 
     def reopen(self) -> None:
@@ -204,7 +232,9 @@ class Link:
         """Nothing the broker still has to acknowledge, nor any fix still to send (a failed
         publish waits out its pause with nothing in flight)."""
         busy = self.forwarder is not None and self.forwarder.stats().in_flight > 0
-        return not self.control_tokens and not busy and self.spool.stats().backlog == 0
+        # fixes waiting for the day's allowance do not keep the link (and its pings) alive
+        waiting = self.forwarder is not None and self.forwarder.budget_holding()
+        return not self.control_tokens and not busy and (self.spool.stats().backlog == 0 or waiting)
 
     def close(self) -> None:
         self.timers.pop("link_close", None)
