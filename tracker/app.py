@@ -502,6 +502,6 @@ class App:
                 "held_seqs": list(st.held_seqs),
             },
             "link": {"up": self.link_up, "drops": self.mqtt.drops},
-            "budget": self.budget.report(),
+            "budget": {**self.budget.report(), "conditions_skipped": self.mqtt.skipped_conditions},
             "internal_errors": self.internal_errors,
         }

@@ -114,6 +114,12 @@ class Budget:
         """Seconds until a message of this cost fits today's allowance so far; 0: send now.
 
         Without GPS time (no fix yet since boot) there is no day to count against: 0."""
+        wait = self.would_wait_s(link_bytes, messages)
+        self.waiting_until = self._monotonic() + wait if wait > 0 else None
+        return wait
+
+    def would_wait_s(self, link_bytes: int, messages: int = 1) -> float:
+        """`wait_s` without noting the wait (for what is skipped, not held)."""
         if not self.limited:
             return 0.0
         now = self._gps_now()
@@ -134,12 +140,7 @@ class Budget:
                 continue
             share = (need / limit - RESERVE) / (1.0 - RESERVE)  # of the day that must be over
             waits.append(max(0.0, share * DAY_S - into_day))
-        wait = max(waits)
-        if wait > 0:
-            self.waiting_until = self._monotonic() + wait
-        else:
-            self.waiting_until = None
-        return wait
+        return max(waits)
 
     def note_deferred(self) -> None:
         self.state.deferred += 1

@@ -29,7 +29,13 @@ def build_parts(app: App) -> Parts:
     from tracker.uplink import Uplink
 
     cfg = app.cfg
-    uplink = Uplink(cfg.aws, cfg.device.thing_name, app.post)
+    # an accelerated bench replay ([debug] clock_speed) scales the SDK's reconnect backoff too,
+    # so a reconnect after an outage takes as long in replayed time as it would on a board
+    speed = cfg.debug.clock_speed
+    uplink = Uplink(
+        cfg.aws, cfg.device.thing_name, app.post,
+        reconnect_min_s=1.0 / speed, reconnect_max_s=120.0 / speed,
+    )  # fmt: skip
     gps = GpsReader(
         cfg.gps.url,
         on_data=app.on_gps_bytes,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tracker import codec
-from tracker.budget import Budget, blocks, message_cost
+from tracker.budget import CONNECT_COST, Budget, blocks, message_cost
 from tracker.clock import Clock
 from tracker.config import Config
 from tracker.errors import TrackerError
@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long after asking
 LINK_REOPEN_S = 60.0  # retry period when reopening the link fails
+# A link still connecting when it is due to close (a slow cell, a wake's fresh connect) gets
+# LINK_CLOSE_GRACE_S once it is up to deliver what waits, but is not kept trying for longer.
+LINK_CONNECT_WAIT_S = 600.0
+WAKE_CONTROL_BYTES = 2_500  # shadow report + get + a condition message, with their overheads
+LINK_BUDGET_RECHECK_S = 3600.0  # a link kept closed by the budget looks again this often
 
 
 class Publisher(Protocol):
@@ -64,6 +69,8 @@ class Link:
         self.drops = 0
         self.pending_condition: bytes | None = None
         self.control_tokens: set[int] = set()
+        self.close_when_up: float | None = None  # monotonic: give up waiting for it then
+        self.skipped_conditions = 0  # periodic condition reports the budget could not pay for
 
     def attach(self, uplink: Publisher) -> None:
         """Start sending the spool through `uplink`; subscribe to the shadow and connect."""
@@ -107,6 +114,13 @@ class Link:
         if not self.up:
             self.pending_condition = payload  # only the latest matters; sent on reconnect
             return
+        if fields.get("reason") == "periodic" and self.budget is not None:
+            # with the day's allowance short, a periodic report waits for the next period
+            # (the fixes are what the budget is for); event reports always go
+            cost = 2 * message_cost(publish_packet_bytes("x" * 64, len(payload)))
+            if self.budget.would_wait_s(cost, 2) > 0:
+                self.skipped_conditions += 1
+                return
         self.publish([(self.cfg.aws.topic(self.thing, "condition"), payload)])
         battery = fields["battery"] or {}
         summary = {
@@ -169,6 +183,9 @@ class Link:
             return
         if self.budget is not None:
             self.budget.link(up)
+        if up and self.close_when_up is not None:
+            self.close_when_up = None
+            self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
         if up:
             self.forwarder.link_up()
             self.publish(self.shadow.on_connected())
@@ -205,6 +222,7 @@ class Link:
             return
         if wanted:
             self.timers.pop("link_close", None)
+            self.close_when_up = None
             if self.closed:
                 self.reopen()
         elif not self.closed:
@@ -219,6 +237,11 @@ class Link:
         self.timers.pop("link_open", None)
         if self.uplink is None or not self.closed or not self.wanted:
             return
+        wait = 0.0 if self.budget is None else self.budget.wait_s(self._wake_cost())
+        if wait > 0:  # the day's allowance cannot pay for a connection yet: fixes wait
+            log.info("budget: link opens in %.0f s", min(wait, LINK_BUDGET_RECHECK_S))
+            self.timers["link_open"] = self.clock.monotonic() + min(wait, LINK_BUDGET_RECHECK_S)
+            return
         log.info("opening the link again")
         try:
             self.uplink.start()
@@ -227,6 +250,14 @@ class Link:
             self.timers["link_open"] = self.clock.monotonic() + LINK_REOPEN_S
             return
         self.closed = False
+
+    def _wake_cost(self) -> int:
+        """What opening the link is expected to cost: the handshake, the shadow and condition
+        messages of a connect, and a message of fixes (a full batch when a backlog waits), so
+        the allowance a connect uses also pays for moving the backlog."""
+        backlog = self.spool.stats().backlog
+        fixes = self.cfg.aws.batch_bytes if backlog > 1 else 400
+        return CONNECT_COST + WAKE_CONTROL_BYTES + fixes
 
     def idle(self) -> bool:
         """Nothing the broker still has to acknowledge, nor any fix still to send (a failed
@@ -240,6 +271,15 @@ class Link:
         self.timers.pop("link_close", None)
         if self.uplink is None or self.closed:
             return
+        now = self.clock.monotonic()
+        if not self.up and not self.idle():
+            # still connecting with something to deliver: close once it had its chance
+            if self.close_when_up is None:
+                self.close_when_up = now + LINK_CONNECT_WAIT_S
+            if now < self.close_when_up:
+                self.timers["link_close"] = self.close_when_up
+                return
+        self.close_when_up = None
         self.closed = True
         log.info("closing the link for low power")
         self.on_link(False, "closed for low power")
