@@ -316,6 +316,7 @@ class Result:
     worst_delay_s: float = 0.0
     location_messages: int = 0
     first_connect_bytes: int = 0  # IP bytes of the first connection's first 0.2 s (handshake)
+    by_kind: dict[str, list[int]] = field(default_factory=dict)  # kind -> [messages, payload]
 
     def row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -364,6 +365,7 @@ class Run:
 
         self.label, self.settings, self.work, self.args = label, settings, work, args
         self.code = REPO
+        self.keepalive = int(settings.get("aws", {}).get("keepalive_s", KEEPALIVE_S))
         self.speed = float(args.speed)
         work.mkdir(parents=True)
         self.pki = Pki(work / "pki", thing_name=THING)
@@ -438,12 +440,21 @@ class Run:
             end = c.closed or time.monotonic()
             marks = [c.opened, *c.sends, end]
             for a, b in itertools.pairwise(marks):
-                r.pings += int((b - a) * self.speed // KEEPALIVE_S)
+                r.pings += int((b - a) * self.speed // self.keepalive)
         r.ip_bytes = r.payload_bytes + TCPIP_HEADER * r.segments + PING_BYTES * r.pings
         first: dict[int, float] = {}
         shadow_requests = 0
         for at, topic, payload in list(self.heard):
             r.aws_messages += max(1, math.ceil(len(payload) / AWS_BLOCK))
+            kind = topic.rsplit("/", 2)[-2] if "/shadow/" in topic else topic.rsplit("/", 1)[-1]
+            if "/shadow/" in topic:
+                kind = "shadow " + topic.rsplit("/", 1)[-1]
+            if kind == "condition":
+                with contextlib.suppress(ValueError, AttributeError):
+                    kind += " " + str(json.loads(payload).get("reason"))
+            counts = r.by_kind.setdefault(kind, [0, 0])
+            counts[0] += 1
+            counts[1] += len(payload)
             if "/shadow/" in topic:
                 shadow_requests += 1
                 continue

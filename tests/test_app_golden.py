@@ -37,7 +37,7 @@ class Traced(Harness):
         if self.app.device.state.value != self.states[-1]:
             self.lines.append(f"{self._stamp()} state {self.app.device.state.value}")
         super()._note_state()
-        for p in self.uplink.sent[self._seen:]:
+        for p in self.uplink.sent[self._seen :]:
             if p.topic.endswith("/location"):
                 for r in codec.decode(p.payload):
                     self.lines.append(f"{format_time(r.fix.time)} fix {r.seq} {r.trigger}")

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from test_app import THING, Harness
 
+from hw.power import nmea_checksum
 from tracker import codec, config
 from tracker.app import App
 from tracker.budget import RESERVE, Budget, BudgetState, load
 from tracker.clock import FakeClock
 from tracker.config import BudgetConfig
-from hw.power import nmea_checksum
 from tracker.events import Inbound, LinkUp
 
 NOON = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
@@ -151,7 +151,7 @@ def test_a_day_that_would_overspend_stays_within_budget_and_loses_nothing(
     worst: dict[str, int] = {}
     for day, spent in seen:
         worst[day] = max(worst.get(day, 0), spent)
-    assert all(spent <= limit for spent in worst.values()), worst
+    assert all(spent <= limit for spent in worst.values()), sorted(worst.items())
     stats = h.app.forwarder.stats() if h.app.forwarder else None
     assert stats is not None and stats.budget_waits > 0  # it did have to wait
     # the drive's fixes all arrived once the allowance came back, the backlog oldest first;

@@ -39,6 +39,7 @@ from tracker.systemd import Notifier, set_log_level
 log = logging.getLogger("tracker.app")
 
 SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
+STOP_FLUSH_S = 2.0  # real seconds SIGTERM waits for held fixes to be acknowledged
 MAX_LOGGED_BUGS = 5  # tracebacks logged for internal errors; the rest are only counted
 
 
@@ -125,6 +126,8 @@ class App:
         self._rollover_said = False  # a date moved by the week-rollover rule was logged
         self.reports = 0  # fixes recorded into the spool
         self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
+        self._condition_at: float | None = None  # monotonic time of the last condition sent
+        self._stop_by: float | None = None  # real monotonic time: stopping, held fixes sent
 
     # ---- wiring -------------------------------------------------------------------------------
     def post(self, event: ev.Event) -> None:
@@ -190,6 +193,8 @@ class App:
 
     def condition(self, reason: str) -> None:
         self.mqtt.condition(self.condition_fields(reason))
+        if self.link_up:
+            self._condition_at = self.clock.monotonic()
 
     def link(self, wanted: bool) -> None:
         self.mqtt.want(wanted)
@@ -224,7 +229,11 @@ class App:
         else:
             self._low_power_flushed = False
             if "condition" not in self.timers:
-                self.timers["condition"] = now  # overdue from low power: send it now
+                # overdue from low power: now, unless one went out within the low power period
+                # (a heartbeat wake does not pay for a condition message every time)
+                last = self._condition_at
+                due = now if last is None else last + self.cfg.policy.low_power_condition_s
+                self.timers["condition"] = max(now, due)
         for name, due in list(self.timers.items()):
             if now >= due:
                 getattr(self, f"_timer_{name}")(now)
@@ -328,7 +337,11 @@ class App:
         self.notifier.ready()
         log.info("tracker %s running as %s", __version__, self.thing)
         while self.running:
-            self.step()
+            self.step(max_wait=0.1 if self._stop_by is not None else None)
+            if self._stop_by is not None and (
+                self.mqtt.settled() or time.monotonic() >= self._stop_by
+            ):
+                self.running = False
         self.publish_status(force=True)
 
     def shutdown(self, *, quiet: bool = False) -> None:
@@ -400,7 +413,11 @@ class App:
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop_reason = signal.Signals(signum).name
-            self.running = False
+            if self.running and self._stop_by is None and self.mqtt.flush():
+                # fixes held to share a message go now; stop once acknowledged (2 s at most)
+                self._stop_by = time.monotonic() + STOP_FLUSH_S
+            else:
+                self.running = False
         elif signum == signal.SIGHUP:
             self.reload()
         elif signum == signal.SIGUSR1:
@@ -434,8 +451,13 @@ class App:
 
     def _timer_condition(self, now: float) -> None:
         if self.device.state is State.LOW_POWER:
-            # no link wake-ups just for this: it goes out, overdue, when the device wakes
-            self.timers.pop("condition")
+            if not self.link_up:
+                # no link wake-ups just for this: it goes out, overdue, when the device wakes
+                self.timers.pop("condition")
+                return
+            self.timers["condition"] = now + self.cfg.policy.low_power_condition_s
+            self.spool.flush()
+            self.condition("periodic")
             return
         self.timers["condition"] = now + self.cfg.policy.condition_interval_s
         self.spool.flush()

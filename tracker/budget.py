@@ -30,6 +30,7 @@ RESERVE = 0.1  # share of the day's allowance available from midnight on
 DAY_S = 86_400.0
 AWS_BLOCK = 5 * 1024  # AWS IoT Core meters messages in 5 KB blocks
 SAVE_EVERY_S = 600.0  # at most one write of the state file per this long (flash wear)
+MIN_WAIT_S = 10.0  # the shortest wait the governor asks for
 # Link cost estimates (bytes on the wire, both directions), from scripts/bench_link.py against
 # Mosquitto with mutual TLS: per message (TLS record, TCP/IP headers, the PUBACK and the bare
 # ACKs around them) on top of the MQTT packet; per TLS+MQTT connect (EC P-256 chain; an RSA
@@ -38,6 +39,7 @@ MESSAGE_OVERHEAD = 190
 SEGMENT_PAYLOAD = 1360  # data per TCP segment on a cellular link (MTU 1400..1500)
 CONNECT_COST = 4_500
 PING_COST = 170
+CONTROL_RESERVE = 2_000  # room kept for the day's event reports, which are never held back
 
 
 def message_cost(mqtt_bytes: int) -> int:
@@ -115,6 +117,8 @@ class Budget:
 
         Without GPS time (no fix yet since boot) there is no day to count against: 0."""
         wait = self.would_wait_s(link_bytes, messages)
+        if wait > 0:
+            wait = max(wait, MIN_WAIT_S)  # whole steps: rounding must not spin the loop
         self.waiting_until = self._monotonic() + wait if wait > 0 else None
         return wait
 
@@ -140,7 +144,22 @@ class Budget:
                 continue
             share = (need / limit - RESERVE) / (1.0 - RESERVE)  # of the day that must be over
             waits.append(max(0.0, share * DAY_S - into_day))
+        if self.cfg.bytes_per_day > 0:
+            waits.append(self._fixed_costs_wait(link_bytes, into_day))
         return max(waits)
+
+    def _fixed_costs_wait(self, link_bytes: int, into_day: float) -> float:
+        """Room for what the rest of the day costs anyway (keep-alive pings while connected,
+        event reports): a message waits until that room is left after it."""
+        rest = DAY_S - into_day
+        per_s = PING_COST / self.keepalive_s if self._quiet_since is not None else 0.0
+        over = self.state.bytes + link_bytes + CONTROL_RESERVE + rest * per_s
+        over -= self.cfg.bytes_per_day
+        if over <= 0:
+            return 0.0
+        if per_s > 0 and over / per_s < rest:
+            return over / per_s  # the pings still to come shrink as the day goes on
+        return rest + 1.0
 
     def note_deferred(self) -> None:
         self.state.deferred += 1

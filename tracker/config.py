@@ -72,8 +72,9 @@ class AwsConfig:
     key: str = setting(REQUIRED, "device private key (PEM, mode 0600)")
     ca: str = setting(REQUIRED, "root CA that signed the endpoint's certificate (PEM)")
     keepalive_s: int = setting(
-        120,
-        "MQTT keep-alive; a dead link is noticed after 1.5 times this",
+        1200,
+        "MQTT keep-alive: pings on a silent link (168 bytes each); a publish left without "
+        "its PUBACK for 60 s reconnects sooner",
         lo=30,
         hi=1200,
         unit="s",
@@ -198,6 +199,15 @@ class PolicyConfig:
     condition_interval_s: float = setting(
         900.0, "condition message period", lo=60, hi=86400, unit="s", remote=True
     )
+    low_power_condition_s: float = setting(
+        21600.0,
+        "condition message period in low power (sent on the open link, or with a heartbeat "
+        "wake once due)",
+        lo=60,
+        hi=604800,
+        unit="s",
+        remote=True,
+    )
     max_delay_s: float = setting(
         60.0,
         "a fix waits at most this long to share a message with the next ones (first fix, "
@@ -235,7 +245,7 @@ class PowerConfig:
         "none://", "GPS power control: none://, pmtk://, ubx://, gpio://CHIP/LINE, sim://"
     )
     close_link: bool = setting(
-        True,
+        False,
         "close the MQTT connection in low power, once what is in flight is acknowledged; "
         "it opens again on waking",
     )
@@ -256,7 +266,11 @@ class LogConfig:
 @dataclass(frozen=True)
 class DebugConfig:
     clock_speed: float = setting(
-        1.0, "run timers this many times faster, for accelerated bench replays only", lo=1, hi=1000
+        1.0,
+        "run timers (and the reconnect backoff) this many times faster, for accelerated bench "
+        "replays only",
+        lo=1,
+        hi=1000,
     )
 
 

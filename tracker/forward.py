@@ -255,7 +255,10 @@ class Forwarder:
             return None
         due = min((m.due for m in self._inflight.values()), default=None)
         give_up = None if due is None else self._clock.monotonic() + due - self._connected_now()
-        times = [t for t in (self._hold_until, give_up, self._due) if t is not None]
+        due = self._due
+        if due is not None and self._hold_until is not None:
+            due = max(due, self._hold_until)  # held fixes wait out a failure pause too
+        times = [t for t in (self._hold_until, give_up, due) if t is not None]
         return min(times, default=None)
 
     def pump(self) -> None:
@@ -312,10 +315,15 @@ class Forwarder:
 
     def _live_first(self) -> bool:
         """The newest fix goes alone first unless what is ready fits one batch message anyway."""
-        if self.max_delay_s <= 0:
-            return True
         st = self._spool.stats()
         ready = st.backlog - st.in_flight
+        if self._budget is not None and self._budget.limited and ready > 1:
+            # under a budget a small newest-first message would take the allowance a batch
+            # waits for, again and again: everything goes oldest first
+            self._top = max(self._top, st.next_seq - 1)
+            return False
+        if self.max_delay_s <= 0:
+            return True
         reconnected, self._reconnected = self._reconnected, False
         if ready <= 1 or (not reconnected and ready <= self._take // 2):
             self._top = max(self._top, st.next_seq - 1)  # the batch carries the newest too

@@ -27,6 +27,8 @@ LINK_REOPEN_S = 60.0  # retry period when reopening the link fails
 LINK_CONNECT_WAIT_S = 600.0
 WAKE_CONTROL_BYTES = 2_500  # shadow report + get + a condition message, with their overheads
 LINK_BUDGET_RECHECK_S = 3600.0  # a link kept closed by the budget looks again this often
+ACK_TIMEOUT_ERROR = "AWS_ERROR_MQTT_TIMEOUT"  # the SDK failed a publish: no PUBACK in time
+LINK_RESTART_MIN_S = 60.0  # a link taken as dead (no PUBACK) is restarted at most this often
 
 
 class Publisher(Protocol):
@@ -71,6 +73,7 @@ class Link:
         self.control_tokens: set[int] = set()
         self.close_when_up: float | None = None  # monotonic: give up waiting for it then
         self.skipped_conditions = 0  # periodic condition reports the budget could not pay for
+        self._restarted_at: float | None = None  # last reconnect for a missing PUBACK
 
     def attach(self, uplink: Publisher) -> None:
         """Start sending the spool through `uplink`; subscribe to the shadow and connect."""
@@ -173,6 +176,30 @@ class Link:
         elif self.forwarder:
             log.warning("publish failed, will resend: %s", reason)
             self.forwarder.on_failed(token)
+        if reason.startswith(ACK_TIMEOUT_ERROR):
+            self._restart_dead_link()
+
+    def _restart_dead_link(self) -> None:
+        """A PUBACK that never came on a link that looks up: with a long keep-alive the link
+        may be dead without the client knowing (a cell handover, a NAT timeout): reconnect
+        now rather than after 1.5 keep-alives, at most once per LINK_RESTART_MIN_S."""
+        now = self.clock.monotonic()
+        if self.uplink is None or not self.up or self.closed:
+            return
+        if self._restarted_at is not None and now - self._restarted_at < LINK_RESTART_MIN_S:
+            return
+        self._restarted_at = now
+        log.warning("no PUBACK in time: taking the connection as dead and reconnecting")
+        self.on_link(False, "no PUBACK in time")
+        if self.forwarder is not None:
+            self.forwarder.release_in_flight()
+        self.uplink.stop(timeout=3.0)
+        try:
+            self.uplink.start()
+        except TrackerError as exc:
+            log.error("cannot open the link: %s; trying again in %.0f s", exc, LINK_REOPEN_S)
+            self.closed = True
+            self.timers["link_open"] = now + LINK_REOPEN_S
 
     def on_link(self, up: bool, reason: str) -> None:
         if up == self.up:
@@ -250,6 +277,19 @@ class Link:
             self.timers["link_open"] = self.clock.monotonic() + LINK_REOPEN_S
             return
         self.closed = False
+
+    def flush(self) -> bool:
+        """Send the fixes held to share a message now (stopping); True if any went."""
+        fw = self.forwarder
+        if fw is None or not self.up or not fw.holding():
+            return False
+        fw.flush()
+        self.pump()
+        return fw.stats().in_flight > 0
+
+    def settled(self) -> bool:
+        """Nothing in flight: what was sent is acknowledged (or failed)."""
+        return self.forwarder is None or self.forwarder.stats().in_flight == 0
 
     def _wake_cost(self) -> int:
         """What opening the link is expected to cost: the handshake, the shadow and condition
