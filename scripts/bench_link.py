@@ -10,8 +10,8 @@ counts AWS messages (5 KB blocks) and decodes the fixes to time their delivery.
 
 Real-time parts on an accelerated clock:
 - keep-alive pings: none happen in a run (it lasts about 90 real seconds, the keep-alive is
-  120 s real); they are counted from the keep-alive interval and every silent stretch of each
-  connection, in replayed time, at PING_BYTES each;
+  120 s or more of real time); they are counted from the keep-alive interval and every silent
+  stretch of each connection, in replayed time, at PING_BYTES each;
 - TLS handshakes and MQTT connects: measured, per connection, through the relay;
 - reconnect backoff: the daemon divides the SDK's backoff (1 s to 120 s) by clock_speed, so a
   reconnect takes as long in replayed time as on a board; a failed attempt during an outage is
@@ -19,9 +19,10 @@ Real-time parts on an accelerated clock:
 - a delay is measured on the replayed clock: processing takes milliseconds of real time, which
   the clock speed multiplies (about +-10 s at 1000x).
 
-The baseline column is today's settings (`max_delay_s = 0`, `compress = false`: each fix in its
-own message, v1 JSON batches), run side by side with the defaults (or `--settings`) in the same
-run. Usage: scripts/bench_link.py [--speed 1000] [--only parked,...] [--settings JSON]
+The baseline column is today's settings (BASELINE: each fix in its own message, v1 JSON
+batches, keep-alive 120 s, the link closed in low power, a condition with every wake), run side
+by side with the defaults (or `--settings`) in the same run.
+Usage: scripts/bench_link.py [--speed 1000] [--only parked,...] [--settings JSON]
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ sys.path[:0] = [p for p in map(str, (REPO, REPO / "tests", REPO / "scripts")) if
 
 from hw.power import nmea_checksum  # noqa: E402
 from tracker import codec  # noqa: E402
+from tracker.config import AwsConfig  # noqa: E402
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 from tracker.errors import CodecError  # noqa: E402
 from tracker.fix import Fix  # noqa: E402
@@ -66,7 +68,6 @@ TLS_RECORD = 22  # TLS 1.3 AES-GCM: 5 header + 1 content type + 16 tag
 PING_BYTES = 2 * (2 + TLS_RECORD + TCPIP_HEADER) + TCPIP_HEADER  # PINGREQ, PINGRESP, bare ACK
 HANDSHAKE_SEGMENTS = 3  # SYN, SYN-ACK, ACK (not on the accepted socket's counters)
 AWS_BLOCK = 5 * 1024
-KEEPALIVE_S = 120  # [aws] keepalive_s default, both columns
 PARKED_STEP_S = 5  # a receiver left on while parked sends a fix this often
 DRIVE_STEP_S = 2  # the recording's rate
 
@@ -323,7 +324,12 @@ class Result:
 
 
 # Today's settings, the baseline column: every fix in its own message, v1 JSON batches
-BASELINE = {"policy": {"max_delay_s": 0}, "aws": {"compress": False}}
+# (low_power_condition_s = 60: a condition with every heartbeat wake, as before)
+BASELINE: dict[str, dict[str, Any]] = {
+    "policy": {"max_delay_s": 0, "low_power_condition_s": 60},
+    "aws": {"compress": False, "keepalive_s": 120},
+    "power": {"close_link": True},
+}
 
 
 def config_text(
@@ -332,7 +338,7 @@ def config_text(
     sections: dict[str, dict[str, Any]] = {
         "device": {"thing_name": THING, "set_clock": False},
         "aws": {"endpoint": "localhost", "port": port, "cert": str(pki.client.cert),
-                "key": str(pki.client.key), "ca": str(pki.ca), "keepalive_s": KEEPALIVE_S,
+                "key": str(pki.client.key), "ca": str(pki.ca),
                 # the SDK's AWS rate limit runs in real time: at 1000x it would hold a wake's
                 # few messages for minutes of replayed time
                 "flow_control": False},
@@ -365,7 +371,8 @@ class Run:
 
         self.label, self.settings, self.work, self.args = label, settings, work, args
         self.code = REPO
-        self.keepalive = int(settings.get("aws", {}).get("keepalive_s", KEEPALIVE_S))
+        default = AwsConfig.__dataclass_fields__["keepalive_s"].default
+        self.keepalive = int(settings.get("aws", {}).get("keepalive_s", default))
         self.speed = float(args.speed)
         work.mkdir(parents=True)
         self.pki = Pki(work / "pki", thing_name=THING)
@@ -436,7 +443,7 @@ class Run:
             r.connects += 1
             r.payload_bytes += c.up + c.down
             r.segments += c.segs + c.extra_segs
-            # keep-alive pings: every KEEPALIVE_S of replayed silence from the client
+            # keep-alive pings: one per keep-alive interval of replayed silence from the client
             end = c.closed or time.monotonic()
             marks = [c.opened, *c.sends, end]
             for a, b in itertools.pairwise(marks):

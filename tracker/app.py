@@ -450,16 +450,16 @@ class App:
         self.notifier.ready()
 
     def _timer_condition(self, now: float) -> None:
-        if self.device.state is State.LOW_POWER:
-            if not self.link_up:
-                # no link wake-ups just for this: it goes out, overdue, when the device wakes
-                self.timers.pop("condition")
-                return
-            self.timers["condition"] = now + self.cfg.policy.low_power_condition_s
-            self.spool.flush()
-            self.condition("periodic")
+        asleep = self.device.state is State.LOW_POWER
+        if asleep and not self.link_up:
+            # no link wake-ups just for this: it goes out, overdue, when the device wakes
+            self.timers.pop("condition")
             return
-        self.timers["condition"] = now + self.cfg.policy.condition_interval_s
+        p = self.cfg.policy
+        quiet = asleep or self.device.heartbeat_wake  # parked: the low power period
+        self.timers["condition"] = now + (
+            p.low_power_condition_s if quiet else p.condition_interval_s
+        )
         self.spool.flush()
         self.condition("periodic")
 

@@ -148,6 +148,19 @@ class Budget:
             waits.append(self._fixed_costs_wait(link_bytes, into_day))
         return max(waits)
 
+    def room_bytes(self) -> int | None:
+        """Link bytes one message may cost now without waiting; None: no byte limit."""
+        now = self._gps_now()
+        if self.cfg.bytes_per_day <= 0 or now is None:
+            return None
+        self._roll()
+        into_day = _seconds_into_day(now)
+        limit, spent = self.cfg.bytes_per_day, self.state.bytes
+        spread = limit * (RESERVE + (1.0 - RESERVE) * into_day / DAY_S) - spent
+        per_s = PING_COST / self.keepalive_s if self._quiet_since is not None else 0.0
+        fixed = limit - spent - CONTROL_RESERVE - (DAY_S - into_day) * per_s
+        return max(0, int(min(spread, fixed)))
+
     def _fixed_costs_wait(self, link_bytes: int, into_day: float) -> float:
         """Room for what the rest of the day costs anyway (keep-alive pings while connected,
         event reports): a message waits until that room is left after it."""

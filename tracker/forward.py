@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from tracker import codec
-from tracker.budget import Budget, blocks, message_cost
+from tracker.budget import MESSAGE_OVERHEAD, Budget, blocks, message_cost
 from tracker.clock import Clock, SystemClock
 from tracker.fix import Record
 
@@ -360,7 +360,7 @@ class Forwarder:
         if not recs:
             return False
         try:
-            payload, n = codec.encode_batch(recs, self._batch_bytes, version=self.batch_version)
+            payload, n = codec.encode_batch(recs, self._affordable(), version=self.batch_version)
         except Exception:
             good = []
             for rec in recs:
@@ -381,6 +381,15 @@ class Forwarder:
             return False
         self._publish(recs[:n], payload)
         return True
+
+    def _affordable(self) -> int:
+        """The batch size limit: `batch_bytes`, or less when the day's allowance is short (a
+        smaller message now rather than a full one never)."""
+        room = None if self._budget is None else self._budget.room_bytes()
+        if room is None:
+            return self._batch_bytes
+        payload_room = room - MESSAGE_OVERHEAD - len(self._topic) - 8
+        return max(MIN_BATCH, min(self._batch_bytes, payload_room))
 
     def _over_budget(self, payload: bytes) -> bool:
         """True (and the fixes held until the allowance covers them) when the day's budget

@@ -72,7 +72,8 @@ class Link:
         self.pending_condition: bytes | None = None
         self.control_tokens: set[int] = set()
         self.close_when_up: float | None = None  # monotonic: give up waiting for it then
-        self.skipped_conditions = 0  # periodic condition reports the budget could not pay for
+        self.skipped_conditions = 0  # condition reports the budget could not pay for
+        self.held_condition: bytes | None = None  # an event report waiting for the allowance
         self._restarted_at: float | None = None  # last reconnect for a missing PUBACK
 
     def attach(self, uplink: Publisher) -> None:
@@ -117,14 +118,22 @@ class Link:
         if not self.up:
             self.pending_condition = payload  # only the latest matters; sent on reconnect
             return
-        if fields.get("reason") == "periodic" and self.budget is not None:
-            # with the day's allowance short, a periodic report waits for the next period
-            # (the fixes are what the budget is for); event reports always go
+        if self.budget is not None:
+            # with the day's allowance short a periodic report waits for the next period and
+            # an event report is kept (the latest only) for the next one that fits
             cost = 2 * message_cost(publish_packet_bytes("x" * 64, len(payload)))
             if self.budget.would_wait_s(cost, 2) > 0:
                 self.skipped_conditions += 1
+                if fields.get("reason") != "periodic":
+                    self.held_condition = payload
                 return
-        self.publish([(self.cfg.aws.topic(self.thing, "condition"), payload)])
+        topic = self.cfg.aws.topic(self.thing, "condition")
+        if self.held_condition is not None and fields.get("reason") == "periodic":
+            payload, self.held_condition = self.held_condition, None  # the event goes first
+            self.publish([(topic, payload)])
+            payload = codec.encode_condition(fields)
+        self.held_condition = None
+        self.publish([(topic, payload)])
         battery = fields["battery"] or {}
         summary = {
             "state": fields["state"],
