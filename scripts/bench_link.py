@@ -282,6 +282,9 @@ class Relay:
     def close(self) -> None:
         self._stop = True
         self.outage(True)
+        with contextlib.suppress(OSError):  # wake the accept() that is waiting
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        self._thread.join(5)
         self.lsock.close()
         with self._lock:
             for client, server, _ in self._live:
