@@ -413,8 +413,10 @@ class App:
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop_reason = signal.Signals(signum).name
-            if self.running and self._stop_by is None and self.mqtt.flush():
-                # fixes held to share a message go now; stop once acknowledged (2 s at most)
+            held_sent = self.mqtt.flush()
+            if self.running and self._stop_by is None and (held_sent or not self.mqtt.settled()):
+                # fixes held to share a message go now; stop once what is in flight is
+                # acknowledged (2 s at most), so the spool does not send them again
                 self._stop_by = time.monotonic() + STOP_FLUSH_S
             else:
                 self.running = False

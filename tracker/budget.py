@@ -227,7 +227,7 @@ class Budget:
         if day != self.state.day:
             if self.state.day:
                 log.info(
-                    "budget: %s used %d bytes, %d messages", self.state.day, self.state.bytes,
+                    "%s used %d bytes, %d messages", self.state.day, self.state.bytes,
                     self.state.messages,
                 )  # fmt: skip
             self.state = BudgetState(day=day)
