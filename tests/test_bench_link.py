@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import sys
 import threading
@@ -21,7 +22,7 @@ def test_scenario_days_cover_24_hours_and_decode_to_fixes() -> None:
     for name in ("parked", "commuter", "delivery"):
         points = bench_link.scenario_points(name, fixes)
         assert points[0].t == 0 and 86_400 - 10 <= points[-1].t < 86_400
-        assert all(b.t > a.t for a, b in zip(points, points[1:], strict=False))
+        assert all(b.t > a.t for a, b in itertools.pairwise(points))
         if name == "parked":
             continue
         data = bench_link.nmea(points[:500] + points[-500:])
