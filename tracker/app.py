@@ -413,8 +413,8 @@ class App:
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop_reason = signal.Signals(signum).name
-            held_sent = self.mqtt.flush()
-            if self.running and self._stop_by is None and (held_sent or not self.mqtt.settled()):
+            in_flight = self.mqtt.flush()
+            if self.running and self._stop_by is None and in_flight:
                 # fixes held to share a message go now; stop once what is in flight is
                 # acknowledged (2 s at most), so the spool does not send them again
                 self._stop_by = time.monotonic() + STOP_FLUSH_S

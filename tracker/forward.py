@@ -220,6 +220,7 @@ class Forwarder:
     def on_puback(self, token: int) -> None:
         """The broker has the message: its records leave the spool."""
         msg = self._inflight.pop(token, None)
+        log.debug("puback %d: %s", token, "in flight" if msg else "not in flight")
         if msg is not None:
             self._spool.ack(msg.seqs)
             self._n["messages_acked"] += 1
@@ -418,6 +419,7 @@ class Forwarder:
             self._spool.release(seqs)
             raise
         wire = publish_packet_bytes(self._topic, len(payload))
+        log.debug("sent %d fixes %d..%d as %d", len(seqs), seqs[0], seqs[-1], token)
         self._inflight[token] = _Message(seqs, wire, self._connected_now() + self._give_up)
         n = self._n
         n["messages_sent"] += 1

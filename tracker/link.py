@@ -288,11 +288,12 @@ class Link:
         self.closed = False
 
     def flush(self) -> bool:
-        """Send the fixes held to share a message now (stopping); True if any went."""
+        """Send the fixes held to share a message now (stopping); True if anything is in
+        flight afterwards."""
         fw = self.forwarder
-        if fw is None or not self.up or not fw.holding():
+        if fw is None or not self.up:
             return False
-        fw.flush()
+        fw.flush()  # held, or due and not yet pumped: either way they go now
         self.pump()
         return fw.stats().in_flight > 0
 
