@@ -66,14 +66,15 @@ class Station:
         return self.events.get(timeout=timeout)
 
 
-def child_drain(aws: AwsConfig, spool_path: str) -> dict[str, Any]:
+def child_drain(aws: AwsConfig, spool_path: str, version: int = 1) -> dict[str, Any]:
     """Drain an existing spool through the Forwarder; time, messages, bytes, peak RSS."""
     station = Station(aws)
     spool = Spool(spool_path)
     fixes = spool.stats().backlog
     fw = Forwarder(
-        spool, station.uplink, station.topic, window=aws.window, batch_bytes=aws.batch_bytes
-    )
+        spool, station.uplink, station.topic, window=aws.window, batch_bytes=aws.batch_bytes,
+        batch_version=version,
+    )  # fmt: skip
     start = time.perf_counter()
     fw.link_up()
     fw.pump()
@@ -208,11 +209,17 @@ def main() -> int:
             build_spool(large, args.fixes)
             build_spool(small, args.small)
             drain = run_child(aws, "drain", str(copy_spool(large, d / "run-large")))
+            drain2 = run_child(aws, "drain", str(copy_spool(large, d / "run-large-v2")), "2")
             drain_small = run_child(aws, "drain", str(copy_spool(small, d / "run-small")))
             naive = run_child(aws, "naive", str(min(BASELINE_CAP, args.fixes)))
             live = run_child(aws, "live", str(d / "live.db"), str(LIVE_FIXES))
             bare = run_child(aws, "live", "", str(LIVE_FIXES))
     report(args.fixes, drain, drain_small, naive, live, bare)
+    print(
+        f"\nBatch version 2 (deflated): drain {drain2['seconds']:.1f} s, "
+        f"{drain2['messages']:,} messages, {drain2['wire_bytes'] / drain2['fixes']:.1f} wire "
+        f"bytes per fix, peak RSS {drain2['hwm_kb'] / 1024:.1f} MB"
+    )
     return 0
 
 
@@ -271,7 +278,7 @@ def child(argv: list[str]) -> int:
     aws = AwsConfig(**json.loads(argv[0]))
     kind, rest = argv[1], argv[2:]
     if kind == "drain":
-        result = child_drain(aws, rest[0])
+        result = child_drain(aws, rest[0], int(rest[1]) if len(rest) > 1 else 1)
     elif kind == "naive":
         result = child_naive(aws, int(rest[0]))
     else:

@@ -41,7 +41,8 @@ def make_app(tmp_path: Path, *, battery: str = "sim://?percent=80", **policy: An
             "gps": {"url": "/dev/null", "date_floor": "1999-08-22"},
             "spool": {"path": str(tmp_path / "spool.db")},
             "policy": policy,
-            "power": {"gps": "sim://"},
+            # these tests pin closing the link in low power (the default keeps it open)
+            "power": {"gps": "sim://", "close_link": True},
             "sensors": {"battery": battery, "temperature": "sim://?temp=21.5"},
         }
     )
@@ -134,6 +135,7 @@ def seqs(records: list[Any]) -> list[int]:
 def test_a_drive_reports_every_recorded_fix_once_in_seq_order(harness: Harness) -> None:
     harness.event(LinkUp())
     harness.play("qtpositioning/nmealog.txt")
+    harness.advance_to(harness.clock.monotonic() + 60)  # the last ones wait max_delay_s at most
     received = harness.uplink.records()
     assert harness.app.reports > 10
     assert seqs(received) == list(range(1, harness.app.reports + 1))
@@ -191,6 +193,7 @@ def test_low_battery_leads_to_low_power_and_the_condition_says_why(tmp_path: Pat
 def test_condition_message_carries_the_device_health(harness: Harness) -> None:
     harness.event(LinkUp())
     harness.play("qtpositioning/nmealog.txt", limit=30)
+    harness.advance_to(harness.clock.monotonic() + 60)  # the last ones wait max_delay_s at most
     harness.app.condition("test")
     c = harness.uplink.conditions()[-1]
     assert c["reason"] == "test"
@@ -401,3 +404,72 @@ gps = "sim://"
     h.event(SignalReceived(signal.SIGHUP))
     assert any("[aws] apply after a restart" in r.message for r in caplog.records)
     app.shutdown()
+
+
+def _timed_locations(h: Harness) -> list[tuple[float, list[Any]]]:
+    """Wrap the fake uplink: (monotonic time, records) of every location message."""
+    from tracker import codec
+
+    sent: list[tuple[float, list[Any]]] = []
+    publish = h.uplink.publish
+
+    def timed(topic: str, payload: bytes) -> int:
+        if topic.endswith("/location"):
+            sent.append((h.clock.monotonic(), codec.decode(payload)))
+        return publish(topic, payload)
+
+    h.uplink.publish = timed  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_moving_tracker_sends_one_message_per_max_delay_and_no_fix_waits_longer(
+    tmp_path: Path,
+) -> None:
+    h = Harness(make_app(tmp_path, max_delay_s=60))
+    sent = _timed_locations(h)
+    start = h.clock.monotonic()
+    h.event(LinkUp())
+    epochs = h.play("nmeaparser/NmeaSampleData.txt", limit=1500)
+    h.advance_to(h.clock.monotonic() + 60)
+    t0 = next(e.time for e in epochs if e.time is not None)
+    recs = [r for _, rs in sent for r in rs]
+    assert sorted(r.seq for r in recs) == list(range(1, h.app.reports + 1))
+    for at, rs in sent:
+        for r in rs:
+            recorded = start + (r.fix.time - t0).total_seconds()
+            assert at - recorded <= 60 + 1e-6, (r, at - recorded)
+    urgent = sum(1 for r in recs if r.trigger in ("first", "start", "stop", "heartbeat"))
+    span = h.clock.monotonic() - start
+    assert len(sent) <= span / 60 + urgent + 1
+    assert len(recs) > 3 * len(sent)  # several fixes per message on average
+    assert all(len(rs) == 1 for _, rs in sent if rs[0].trigger == "first")  # at once
+
+
+def test_max_delay_zero_sends_each_fix_in_its_own_message(tmp_path: Path) -> None:
+    h = Harness(make_app(tmp_path, max_delay_s=0))
+    sent = _timed_locations(h)
+    h.event(LinkUp())
+    h.play("nmeaparser/NmeaSampleData.txt", limit=600)
+    assert h.app.reports > 20 and all(len(rs) == 1 for _, rs in sent)
+    assert len(sent) == h.app.reports
+
+
+def test_a_publish_without_puback_in_time_reconnects_and_resends(harness: Harness) -> None:
+    """With a long keep-alive a dead link shows first as a missing PUBACK: reconnect then."""
+    from tracker.events import PubFailed
+
+    harness.auto_ack = False
+    harness.event(LinkUp())
+    harness.play("qtpositioning/nmealog.txt", limit=20)
+    harness.advance_to(harness.clock.monotonic() + 60)
+    pending = [p for p in harness.uplink.sent if not p.acked and p.topic.endswith("/location")]
+    assert pending
+    harness.event(PubFailed(pending[0].token, "AWS_ERROR_MQTT_TIMEOUT: no PUBACK"))
+    assert harness.uplink.restarts == 1 and harness.app.link_up
+    harness.event(PubFailed(pending[-1].token, "AWS_ERROR_MQTT_TIMEOUT: no PUBACK"))
+    assert harness.uplink.restarts == 1  # at most once a minute
+    harness.auto_ack = True
+    harness.advance_to(harness.clock.monotonic() + 120)
+    got = {r.seq for r in harness.uplink.records()}
+    assert got == set(range(1, harness.app.reports + 1))
+    assert harness.app.spool.stats().backlog == 0

@@ -57,7 +57,9 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_whole_app_on_a_recording_matches_its_golden_trace(name: str, tmp_path: Path) -> None:
     recording, battery = CASES[name]
-    h = Traced(make_app(tmp_path, battery=battery))
+    # the traces pin each fix's own message (max_delay_s = 0, as before fixes shared messages);
+    # tests/test_app.py covers the coalescing
+    h = Traced(make_app(tmp_path, battery=battery, max_delay_s=0))
     h.event(LinkUp())
     h.play(recording)
     h._note_state()

@@ -192,7 +192,7 @@ def test_the_daemon_delivers_a_backlog_holding_the_huge_altitude_fix(tmp_path: P
 
 
 def test_a_bug_while_handling_one_event_does_not_stop_the_loop(tmp_path: Path) -> None:
-    harness = Harness(make_app(tmp_path))
+    harness = Harness(make_app(tmp_path, max_delay_s=0))  # each fix in its own message
     harness.event(LinkUp())
     app = harness.app
     calls = {"n": 0}

@@ -62,9 +62,10 @@ def test_unknown_fields_are_null_not_missing() -> None:
     assert line["alt"] is None and line["sats"] is None and line["hdop"] == rec.fix.hdop
 
 
-def test_whole_drive_in_batches_matches_the_codec_exactly() -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_whole_drive_in_batches_matches_the_codec_exactly(version: int) -> None:
     records = drive_records()
-    packed = batches(records)
+    packed = batches(records, version=version)
     event = firehose_event([rule_record(p) for p, _ in packed])
     out = transform.handler(event)["records"]
     assert [r["recordId"] for r in out] == [r["recordId"] for r in event["records"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -224,3 +225,102 @@ def test_decode_rejects_garbage_with_one_line(payload: bytes) -> None:
 def test_decode_never_raises_anything_but_codec_error(payload: bytes) -> None:
     with contextlib.suppress(CodecError):
         decode(payload)
+
+
+# --- batch version 2 (deflated rows) -------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(records, st.integers(64, 20_000))
+def test_v2_round_trip_is_exact_and_fits_max_bytes(recs: list[Record], max_bytes: int) -> None:
+    payload, n = encode_batch(recs, max_bytes, version=2)
+    assert payload[:1] == b"\x02"
+    assert 1 <= n <= len(recs)
+    assert n == 1 or len(payload) <= max_bytes
+    expected = [Record(r.seq, quantize(r.fix), r.trigger) for r in recs[:n]]
+    assert decode(payload) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(records)
+def test_every_fix_the_decoder_makes_round_trips_through_v2(recs: list[Record]) -> None:
+    """What v1 decodes (a fix within FIELD_LIMITS, quantized) goes through v2 unchanged."""
+    decoded = decode(encode_batch(recs, MAX_PAYLOAD)[0])
+    assert decode(encode_batch(decoded, MAX_PAYLOAD, version=2)[0]) == decoded
+
+
+@pytest.mark.parametrize("max_bytes", [64, 200, 1000, 5120])
+def test_v2_fills_but_never_passes_max_bytes(max_bytes: int) -> None:
+    import random
+
+    rng = random.Random(7)  # a drive with noise, so it does not compress to nothing
+    recs = [
+        Record(r.seq, replace(r.fix, lat=r.fix.lat + rng.random() * 1e-4), r.trigger)
+        for r in _drive(6000)
+    ]
+    payload, n = encode_batch(recs, max_bytes, version=2)
+    assert len(payload) <= max_bytes or n == 1
+    assert n < len(recs)
+    assert len(encode_batch(recs[: n + 1], MAX_PAYLOAD, version=2)[0]) > max_bytes * 0.97
+
+
+def test_v2_is_smaller_than_v1_on_a_drive() -> None:
+    recs = _drive(500)
+    v1, n1 = encode_batch(recs, MAX_PAYLOAD)
+    v2, n2 = encode_batch(recs, MAX_PAYLOAD, version=2)
+    assert n1 == n2 == 500
+    assert len(v2) < len(v1) / 3
+
+
+def test_v2_of_one_fix_is_smaller_than_live_json() -> None:
+    rec = _drive(1)[0]
+    assert len(encode_batch([rec], version=2)[0]) < len(encode_live(rec)) / 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x02",
+        b"\x02garbage",
+        b"\x02" + zlib.compress(b'{"d":[[1]],"tt":[""]}')[2:-4][:-3],  # truncated
+        b"\x02" + zlib.compress(b"[1]", 9)[2:-4],  # not a batch (no dictionary: bad)
+        b"\x02" + b"\x00" * (MAX_PAYLOAD + 1),
+    ],
+)
+def test_v2_rejects_garbage_with_one_line(payload: bytes) -> None:
+    with pytest.raises(CodecError) as info:
+        decode(payload)
+    assert "\n" not in str(info.value)
+
+
+def test_v2_refuses_a_decompression_bomb() -> None:
+    from tracker.codec import V2_DICT, V2_MAX_INFLATED
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, V2_DICT)
+    bomb = b"\x02" + c.compress(b'{"d":[' + b"[0]," * (V2_MAX_INFLATED // 3)) + c.flush()
+    assert len(bomb) < MAX_PAYLOAD
+    with pytest.raises(CodecError, match="inflates past"):
+        decode(bomb)
+
+
+def _v2_body(body: bytes) -> bytes:
+    from tracker.codec import V2_DICT
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, V2_DICT)
+    return b"\x02" + c.compress(body) + c.flush()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1]", b'{"v":1,"d":[[0,0,0,0,0,0,0,0,0,3]],"tt":[""]}', b'{"d":[],"tt":[""]}', b"\xff"],
+)
+def test_v2_checks_what_it_inflates(body: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode(_v2_body(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_v2_decode_never_raises_anything_but_codec_error(tail: bytes) -> None:
+    with contextlib.suppress(CodecError):
+        decode(b"\x02" + tail)

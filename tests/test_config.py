@@ -30,7 +30,12 @@ def test_minimal_config_gets_vehicle_defaults(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, MINIMAL), environ={})
     assert cfg.device.thing_name == "truck-42"
     assert cfg.aws.port == 8883
-    assert 30 <= cfg.aws.keepalive_s <= 300  # a dead cellular link is noticed within minutes
+    # pings cost the data plan: the longest keep-alive AWS allows; a dead link is noticed by
+    # the first publish left without its PUBACK (tracker.uplink.ACK_TIMEOUT_S), within a minute
+    assert cfg.aws.keepalive_s == 1200
+    from tracker.uplink import ACK_TIMEOUT_S
+
+    assert ACK_TIMEOUT_S <= 60
     assert cfg.aws.topic("truck-42", "location") == "dt/tracker/truck-42/location"
     assert cfg.spool.drop_policy == "oldest"
 

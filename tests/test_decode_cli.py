@@ -39,6 +39,10 @@ def test_batch_and_live_files_expand_to_one_line_per_fix(
     assert cli.main(["decode", str(batch), str(live)]) == 0
     out = lines(capsys.readouterr().out)
     assert [o["seq"] for o in out] == [7, 8, 9, 8]
+    v2 = tmp_path / "batch.v2"  # a deflated batch: the same lines
+    v2.write_bytes(encode_batch(RECORDS, version=2)[0])
+    assert cli.main(["decode", str(v2)]) == 0
+    assert lines(capsys.readouterr().out) == out[:3]
     assert "trigger" not in out[0] and out[1]["trigger"] == "interval"
     assert out[0] == {"seq": 7, **RECORDS[0].fix.to_dict()}
     assert out[1] == out[3]  # batch and live agree field for field

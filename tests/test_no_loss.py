@@ -54,7 +54,9 @@ class AppRig:
                 "aws": {"endpoint": "localhost", "cert": "c", "key": "k", "ca": "a"},
                 "gps": {"url": "/dev/null"},
                 "spool": {"path": str(tmp_path / "spool.db")},
-                "power": {"gps": "sim://"},
+                # each fix goes at once, and low power closes the link: what these tests pin
+                "policy": {"max_delay_s": 0},
+                "power": {"gps": "sim://", "close_link": True},
                 "sensors": {"battery": "sim://?percent=80", "temperature": "sim://?temp=20"},
             }
         )

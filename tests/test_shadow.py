@@ -109,7 +109,8 @@ def test_remote_keys_come_from_config_metadata_and_exclude_identity() -> None:
     paths = set(settings_store.REMOTE)
     assert "policy.distance_m" in paths and "aws.batch_bytes" in paths
     policy = {f"policy.{f.name}" for f in dataclasses.fields(config.PolicyConfig)}
-    assert policy <= paths and len(paths) == len(policy) + 1
+    budget = {f"budget.{f.name}" for f in dataclasses.fields(config.BudgetConfig)}
+    assert policy | budget <= paths and len(paths) == len(policy) + len(budget) + 1
     for local in (
         "device.thing_name",
         "aws.endpoint",

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from tracker import __version__
 from tracker import config as config_mod
 from tracker import events as ev
+from tracker.budget import Budget
+from tracker.budget import default_path as budget_path
 from tracker.clock import Clock, ScaledClock, SystemClock
 from tracker.config import Config
 from tracker.epoch import DEFAULT_DATE_FLOOR, RECORDING_DATE_FLOOR, Decoder, Epoch
@@ -37,6 +39,7 @@ from tracker.systemd import Notifier, set_log_level
 log = logging.getLogger("tracker.app")
 
 SENSOR_PERIOD_S = 300.0  # battery and temperature readings; slow enough to let low power sleep
+STOP_FLUSH_S = 2.0  # real seconds SIGTERM waits for held fixes to be acknowledged
 MAX_LOGGED_BUGS = 5  # tracebacks logged for internal errors; the rest are only counted
 
 
@@ -98,9 +101,17 @@ class App:
         self.device = Device(cfg.policy, self, self.clock)
         self.parts: Parts | None = None
         self.timers: dict[str, float] = {}
-        self.mqtt = Link(
-            cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.apply_config
+        self.budget = Budget(
+            cfg.budget,
+            lambda: self.gps_time.now(),
+            self.clock.monotonic,
+            budget_path(cfg.spool.path),
+            keepalive_s=cfg.aws.keepalive_s,
         )
+        self.mqtt = Link(
+            cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.apply_config,
+            self.budget,
+        )  # fmt: skip
         self.gps_wanted_on = True
         self.gps_port_up = False
         self.last_epoch: Epoch | None = None
@@ -115,6 +126,8 @@ class App:
         self._rollover_said = False  # a date moved by the week-rollover rule was logged
         self.reports = 0  # fixes recorded into the spool
         self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
+        self._condition_at: float | None = None  # monotonic time of the last condition sent
+        self._stop_by: float | None = None  # real monotonic time: stopping, held fixes sent
 
     # ---- wiring -------------------------------------------------------------------------------
     def post(self, event: ev.Event) -> None:
@@ -176,10 +189,12 @@ class App:
         rec = self.spool.put(fix, trigger)
         self.reports += 1
         log.debug("fix %s %s", rec.seq if rec else "dropped", trigger)
-        self.mqtt.pump()
+        self.mqtt.recorded(trigger)
 
     def condition(self, reason: str) -> None:
         self.mqtt.condition(self.condition_fields(reason))
+        if self.link_up:
+            self._condition_at = self.clock.monotonic()
 
     def link(self, wanted: bool) -> None:
         self.mqtt.want(wanted)
@@ -209,11 +224,16 @@ class App:
         if self.device.state is State.LOW_POWER:
             if not self._low_power_flushed:  # acknowledged rows leave the disk before sleeping
                 self.spool.flush()
+                self.budget.save_if_due(force=True)
                 self._low_power_flushed = True
         else:
             self._low_power_flushed = False
             if "condition" not in self.timers:
-                self.timers["condition"] = now  # overdue from low power: send it now
+                # overdue from low power: now, unless one went out within the low power period
+                # (a heartbeat wake does not pay for a condition message every time)
+                last = self._condition_at
+                due = now if last is None else last + self.cfg.policy.low_power_condition_s
+                self.timers["condition"] = max(now, due)
         for name, due in list(self.timers.items()):
             if now >= due:
                 getattr(self, f"_timer_{name}")(now)
@@ -317,7 +337,11 @@ class App:
         self.notifier.ready()
         log.info("tracker %s running as %s", __version__, self.thing)
         while self.running:
-            self.step()
+            self.step(max_wait=0.1 if self._stop_by is not None else None)
+            if self._stop_by is not None and (
+                self.mqtt.settled() or time.monotonic() >= self._stop_by
+            ):
+                self.running = False
         self.publish_status(force=True)
 
     def shutdown(self, *, quiet: bool = False) -> None:
@@ -336,6 +360,7 @@ class App:
             if parts.motion is not None and hasattr(parts.motion, "close"):
                 parts.motion.close()
         self.mqtt.shutdown()
+        self.budget.save_if_due(force=True)
         self.spool.close()
         log.log(logging.DEBUG if quiet else logging.INFO, "stopped (%s)", self.stop_reason or "end")
 
@@ -388,7 +413,13 @@ class App:
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop_reason = signal.Signals(signum).name
-            self.running = False
+            in_flight = self.mqtt.flush()
+            if self.running and self._stop_by is None and in_flight:
+                # fixes held to share a message go now; stop once what is in flight is
+                # acknowledged (2 s at most), so the spool does not send them again
+                self._stop_by = time.monotonic() + STOP_FLUSH_S
+            else:
+                self.running = False
         elif signum == signal.SIGHUP:
             self.reload()
         elif signum == signal.SIGUSR1:
@@ -421,11 +452,16 @@ class App:
         self.notifier.ready()
 
     def _timer_condition(self, now: float) -> None:
-        if self.device.state is State.LOW_POWER:
+        asleep = self.device.state is State.LOW_POWER
+        if asleep and not self.link_up:
             # no link wake-ups just for this: it goes out, overdue, when the device wakes
             self.timers.pop("condition")
             return
-        self.timers["condition"] = now + self.cfg.policy.condition_interval_s
+        p = self.cfg.policy
+        quiet = asleep or self.device.heartbeat_wake  # parked: the low power period
+        self.timers["condition"] = now + (
+            p.low_power_condition_s if quiet else p.condition_interval_s
+        )
         self.spool.flush()
         self.condition("periodic")
 
@@ -490,5 +526,6 @@ class App:
                 "held_seqs": list(st.held_seqs),
             },
             "link": {"up": self.link_up, "drops": self.mqtt.drops},
+            "budget": {**self.budget.report(), "conditions_skipped": self.mqtt.skipped_conditions},
             "internal_errors": self.internal_errors,
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -15,6 +16,15 @@ from tracker.errors import CodecError
 from tracker.fix import Fix, Record, fix_problem
 
 BATCH_VERSION = 1
+# Batch version 2: one byte 0x02, then the v1 document's rows and trigger table ({"d":...,
+# "tt":...}) as raw deflate with the preset dictionary below. JSON never starts with 0x02.
+V2_MAGIC = b"\x02"
+# Fixed for good: a v2 payload is inflated with exactly these bytes. Most likely text last.
+V2_DICT = (
+    b'"tt":["first","start","stop","distance","heading","interval","heartbeat","wake"]}'
+    b'],[2000,],[1000,],[5000,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,{"d":[['
+)
+V2_MAX_INFLATED = 4 * 1024 * 1024  # a v2 payload inflates to this much at most (either side)
 MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's message size limit
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_SEQ = 2**53  # inclusive: seqs stay exact in every JSON reader (JavaScript's safe integers)
@@ -66,17 +76,24 @@ def encode_live(record: Record) -> bytes:
     return _dumps(d)
 
 
-def encode_batch(records: Sequence[Record], max_bytes: int = 5120) -> tuple[bytes, int]:
+def encode_batch(
+    records: Sequence[Record], max_bytes: int = 5120, *, version: int = 1
+) -> tuple[bytes, int]:
     """Pack the first n >= 1 records that fit in max_bytes; returns (payload, n).
 
-    A single record larger than max_bytes still goes alone, so the caller always progresses.
-    Raises CodecError naming the seq of the first record no receiver could have produced (a fix
-    outside `tracker.fix.FIELD_LIMITS`), so the caller can set that one aside.
+    `max_bytes` bounds the payload as sent (for version 2, the compressed size). A single record
+    larger than max_bytes still goes alone, so the caller always progresses. Raises CodecError
+    naming the seq of the first record no receiver could have produced (a fix outside
+    `tracker.fix.FIELD_LIMITS`), so the caller can set that one aside.
     """
     if not records:
         raise CodecError("encode_batch needs at least one record")
     if not 64 <= max_bytes <= MAX_PAYLOAD:
         raise CodecError(f"max_bytes {max_bytes} is outside 64..{MAX_PAYLOAD}")
+    if version == 2:
+        return _encode_v2(records, max_bytes)
+    if version != 1:
+        raise CodecError(f"batch version {version} cannot be encoded (1 or 2)")
     head = b'{"v":%d,"d":[' % BATCH_VERSION
     triggers: list[str] = []
     rows: list[bytes] = []
@@ -115,7 +132,10 @@ def encode_condition(fields: Mapping[str, Any]) -> bytes:
 
 
 def decode(payload: bytes) -> list[Record]:
-    """A live or batch payload -> its records; CodecError (one line) on anything malformed."""
+    """A live or batch payload (v1 or v2) -> its records; CodecError (one line) on anything
+    malformed."""
+    if payload[:1] == V2_MAGIC:
+        return _decode_v2(payload)
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -184,6 +204,81 @@ def _advance(state: list[int], vals: list[int | None]) -> None:
     for i, v in enumerate(vals):
         if v is not None:
             state[i] = v
+
+
+def _encode_v2(records: Sequence[Record], max_bytes: int) -> tuple[bytes, int]:
+    """Version 2: the v1 rows deflated; the most records whose compressed payload fits."""
+    triggers: list[str] = []
+    rows: list[bytes] = []
+    n_triggers: list[int] = []  # size of the trigger table after each row
+    state = [0] * NCOL
+    state[_SEQ] = -1
+    raw = 0
+    for rec in records:
+        _check_record(rec)
+        if rec.trigger not in triggers:
+            triggers.append(rec.trigger)
+        vals = _values(rec, triggers)
+        row = _row(vals, state)
+        raw += len(row) + 1
+        if rows and raw + len(_dumps(triggers)) + 16 > V2_MAX_INFLATED:
+            break
+        rows.append(row)
+        n_triggers.append(len(triggers))
+        _advance(state, vals)
+
+    def packed(n: int) -> bytes:
+        body = b'{"d":[' + b",".join(rows[:n]) + b'],"tt":' + _dumps(triggers[: n_triggers[n - 1]])
+        c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, V2_DICT)
+        return V2_MAGIC + c.compress(body + b"}") + c.flush()
+
+    n = len(rows)
+    payload = packed(n)
+    if len(payload) <= max_bytes or n == 1:
+        return payload, n
+    # the compressed size grows with n (nearly in proportion): search from the estimate
+    lo, hi = 1, n - 1  # lo fits (or is the single record that goes alone); hi+1 does not
+    best = packed(1)
+    guess: int | None = max(1, min(hi, int(n * max_bytes / len(payload) * 0.98)))
+    while lo <= hi:
+        mid = guess if guess is not None else (lo + hi) // 2
+        guess = None
+        candidate = packed(mid)
+        if len(candidate) <= max_bytes:
+            best, lo = candidate, mid + 1
+            # the next probe just above: the estimate is usually close
+            if lo <= hi:
+                guess = min(hi, mid + max(1, (hi - mid) // 8))
+        else:
+            hi = mid - 1
+    return best, max(1, lo - 1)
+
+
+def _decode_v2(payload: bytes) -> list[Record]:
+    if len(payload) > MAX_PAYLOAD:
+        raise CodecError(f"batch of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    d = zlib.decompressobj(-15, zdict=V2_DICT)
+    try:
+        body = d.decompress(payload[1:], V2_MAX_INFLATED)
+        complete = d.eof
+    except zlib.error as exc:
+        raise CodecError(f"batch version 2 does not inflate: {exc}") from exc
+    if not complete:
+        too_big = d.unconsumed_tail or len(body) >= V2_MAX_INFLATED
+        raise CodecError(
+            f"batch version 2 inflates past {V2_MAX_INFLATED} bytes"
+            if too_big
+            else "batch version 2 is truncated"
+        )
+    if d.unused_data:
+        raise CodecError("batch version 2 has bytes after its end")
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"batch version 2 holds no JSON: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(doc, dict) or "v" in doc:
+        raise CodecError("batch version 2 does not hold a batch document")
+    return _decode_batch({**doc, "v": BATCH_VERSION})
 
 
 # --- decoding helpers ---------------------------------------------------------------------------

@@ -72,8 +72,9 @@ class AwsConfig:
     key: str = setting(REQUIRED, "device private key (PEM, mode 0600)")
     ca: str = setting(REQUIRED, "root CA that signed the endpoint's certificate (PEM)")
     keepalive_s: int = setting(
-        120,
-        "MQTT keep-alive; a dead link is noticed after 1.5 times this",
+        1200,
+        "MQTT keep-alive: pings on a silent link (168 bytes each); a publish left without "
+        "its PUBACK for 60 s reconnects sooner",
         lo=30,
         hi=1200,
         unit="s",
@@ -92,6 +93,11 @@ class AwsConfig:
         8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100
     )
     flow_control: bool = setting(True, "apply AWS IoT Core's 100 msg/s and 512 KB/s limits")
+    compress: bool = setting(
+        True,
+        "send fixes as batch version 2 (deflated); false: v1 JSON batches and one plain JSON "
+        "object per live fix, for rules that read fields",
+    )
 
     def topic(self, thing_name: str, kind: str) -> str:
         """The topic for `kind` (location, condition) of this device."""
@@ -193,6 +199,44 @@ class PolicyConfig:
     condition_interval_s: float = setting(
         900.0, "condition message period", lo=60, hi=86400, unit="s", remote=True
     )
+    low_power_condition_s: float = setting(
+        21600.0,
+        "condition message period in low power (sent on the open link, or with a heartbeat "
+        "wake once due)",
+        lo=60,
+        hi=604800,
+        unit="s",
+        remote=True,
+    )
+    max_delay_s: float = setting(
+        60.0,
+        "a fix waits at most this long to share a message with the next ones (first fix, "
+        "start, stop and heartbeat go at once); 0: every fix at once",
+        lo=0,
+        hi=3600,
+        unit="s",
+        remote=True,
+    )
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    bytes_per_day: int = setting(
+        0,
+        "link bytes (TCP/IP, TLS, MQTT; estimated) a GPS day (UTC) may use; fixes that do not "
+        "fit wait in the spool; 0: unlimited",
+        lo=0,
+        hi=1_000_000_000,
+        unit="bytes",
+        remote=True,
+    )
+    messages_per_day: int = setting(
+        0,
+        "AWS IoT messages (5 KB blocks) a GPS day may use; 0: unlimited",
+        lo=0,
+        hi=10_000_000,
+        remote=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -201,7 +245,7 @@ class PowerConfig:
         "none://", "GPS power control: none://, pmtk://, ubx://, gpio://CHIP/LINE, sim://"
     )
     close_link: bool = setting(
-        True,
+        False,
         "close the MQTT connection in low power, once what is in flight is acknowledged; "
         "it opens again on waking",
     )
@@ -222,7 +266,11 @@ class LogConfig:
 @dataclass(frozen=True)
 class DebugConfig:
     clock_speed: float = setting(
-        1.0, "run timers this many times faster, for accelerated bench replays only", lo=1, hi=1000
+        1.0,
+        "run timers (and the reconnect backoff) this many times faster, for accelerated bench "
+        "replays only",
+        lo=1,
+        hi=1000,
     )
 
 
@@ -233,6 +281,7 @@ class Config:
     gps: GpsConfig = field(default_factory=GpsConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
     sensors: SensorsConfig = field(default_factory=SensorsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -245,6 +294,7 @@ SECTION_TYPES: dict[str, type[Any]] = {
     "gps": GpsConfig,
     "spool": SpoolConfig,
     "policy": PolicyConfig,
+    "budget": BudgetConfig,
     "power": PowerConfig,
     "sensors": SensorsConfig,
     "log": LogConfig,

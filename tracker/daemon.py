@@ -29,7 +29,13 @@ def build_parts(app: App) -> Parts:
     from tracker.uplink import Uplink
 
     cfg = app.cfg
-    uplink = Uplink(cfg.aws, cfg.device.thing_name, app.post)
+    # an accelerated bench replay ([debug] clock_speed) scales the SDK's reconnect backoff and
+    # the GPS port's reopen backoff too, so they take as long in replayed time as on a board
+    speed = cfg.debug.clock_speed
+    uplink = Uplink(
+        cfg.aws, cfg.device.thing_name, app.post,
+        reconnect_min_s=1.0 / speed, reconnect_max_s=120.0 / speed,
+    )  # fmt: skip
     gps = GpsReader(
         cfg.gps.url,
         on_data=app.on_gps_bytes,
@@ -37,6 +43,8 @@ def build_parts(app: App) -> Parts:
         baudrate=cfg.gps.baudrate,
         detect_baud=cfg.gps.detect_baud,
         timeout=None,  # block until bytes come: a receiver in standby costs no wake-ups
+        backoff_first=0.5 / speed,
+        backoff_cap=30.0 / speed,
     )
     power = open_power(cfg.power.gps, write=gps.write)
     motion = open_motion(cfg.sensors.motion, lambda: app.post(ev.Motion()))

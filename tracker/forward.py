@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from tracker import codec
+from tracker.budget import MESSAGE_OVERHEAD, Budget, blocks, message_cost
 from tracker.clock import Clock, SystemClock
 from tracker.fix import Record
 
@@ -26,6 +27,9 @@ MIN_BATCH = 512  # the smallest [aws] batch_bytes allows
 ACK_GIVE_UP_S = 180.0
 MAX_TAKE = 2000  # records read for one batch at most
 RELEASED_MEMORY = 100_000  # seqs remembered to count re-sends (bounded; an undercount beyond)
+# Triggers that go at once even when fixes are held to share a message (`max_delay_s`): the map
+# must show a wake, a start and a stop when they happen.
+URGENT_TRIGGERS = frozenset({"first", "start", "stop", "heartbeat"})
 
 
 class Publisher(Protocol):
@@ -53,6 +57,7 @@ class ForwardStats:
     wire_bytes: int = 0
     payload_bytes: int = 0
     held: int = 0  # records set aside because the codec cannot carry them
+    budget_waits: int = 0  # times a message waited for the day's allowance
 
 
 def publish_packet_bytes(topic: str, payload_len: int) -> int:
@@ -95,6 +100,9 @@ class Forwarder:
         retry_s: float = 1.0,
         retry_max_s: float = 60.0,
         ack_give_up_s: float = ACK_GIVE_UP_S,
+        max_delay_s: float = 0.0,
+        batch_version: int = 1,
+        budget: Budget | None = None,
     ) -> None:
         if not topic or any(c in topic for c in "+#\0"):
             raise ValueError(f"invalid topic {topic!r}")
@@ -119,6 +127,14 @@ class Forwarder:
         self._take = max(8, self._batch_bytes // 10)
         self._failures = 0
         self._hold_until: float | None = None  # paused after a failure; cleared by `pump()`
+        self.max_delay_s = max_delay_s
+        self.batch_version = batch_version
+        self._budget = budget
+        # Fixes recorded but held to share a message go by this monotonic time (None: nothing
+        # held, or a backlog from before the start, which is due at once)
+        self._due: float | None = None
+        self._budget_hold = False  # the fixes held wait for the day's allowance
+        self._reconnected = False  # the link came (back) up: a backlog starts with the newest
         self._n = dict.fromkeys(
             (
                 "messages_sent",
@@ -133,6 +149,7 @@ class Forwarder:
                 "wire_bytes",
                 "payload_bytes",
                 "held",
+                "budget_waits",
             ),
             0,
         )
@@ -155,9 +172,32 @@ class Forwarder:
         """The connection is up: sending may start (call `pump()`)."""
         if not self._linked:
             self._up_since = self._clock.monotonic()
+            self._reconnected = True
         self._linked = True
         self._failures = 0
         self._hold_until = None
+
+    def recorded(self, trigger: str) -> None:
+        """A fix went into the spool: it waits up to `max_delay_s` to share a message with the
+        next ones, unless its trigger is urgent (or `max_delay_s` is 0). Call `pump()` next."""
+        now = self._clock.monotonic()
+        if self.max_delay_s <= 0 or trigger in URGENT_TRIGGERS:
+            if not self._budget_hold:
+                self._due = now
+        elif self._due is None:
+            self._due = now + self.max_delay_s
+
+    def flush(self) -> None:
+        """Send what is held now (going to low power; shutting down), budget permitting."""
+        if not self._budget_hold:
+            self._due = self._clock.monotonic()
+
+    def holding(self) -> bool:
+        """Fixes are held on purpose (to share a message, or for the day's allowance)."""
+        return self._due is not None and self._clock.monotonic() < self._due
+
+    def budget_holding(self) -> bool:
+        return self._budget_hold and self.holding()
 
     def link_down(self) -> None:
         """The connection is lost. What is in flight stays with the SDK, which sends it again
@@ -180,6 +220,7 @@ class Forwarder:
     def on_puback(self, token: int) -> None:
         """The broker has the message: its records leave the spool."""
         msg = self._inflight.pop(token, None)
+        log.debug("puback %d: %s", token, "in flight" if msg else "not in flight")
         if msg is not None:
             self._spool.ack(msg.seqs)
             self._n["messages_acked"] += 1
@@ -215,7 +256,10 @@ class Forwarder:
             return None
         due = min((m.due for m in self._inflight.values()), default=None)
         give_up = None if due is None else self._clock.monotonic() + due - self._connected_now()
-        times = [t for t in (self._hold_until, give_up) if t is not None]
+        due = self._due
+        if due is not None and self._hold_until is not None:
+            due = max(due, self._hold_until)  # held fixes wait out a failure pause too
+        times = [t for t in (self._hold_until, give_up, due) if t is not None]
         return min(times, default=None)
 
     def pump(self) -> None:
@@ -227,10 +271,16 @@ class Forwarder:
             if self._clock.monotonic() < self._hold_until:
                 return
             self._hold_until = None
-        if self._room() > 0:
+        if self._due is not None:
+            if self._clock.monotonic() < self._due:
+                return  # held to share a message, or waiting for the allowance
+            self._budget_hold = False
+        if self._room() > 0 and self._live_first():
             self._send_live()
         while self._room() > 0 and self._send_batch():
             pass
+        if not self._budget_hold:
+            self._due = None  # sent, or in line behind a full window (a PUBACK pumps again)
 
     def stats(self) -> ForwardStats:
         return ForwardStats(
@@ -264,6 +314,28 @@ class Forwarder:
         sdk = 2 * self._window - len(self._inflight) - len(self._orphans)
         return min(own, sdk)
 
+    def _live_first(self) -> bool:
+        """The newest fix goes alone first unless what is ready fits one batch message anyway."""
+        st = self._spool.stats()
+        ready = st.backlog - st.in_flight
+        if self._budget is not None and self._budget.limited and ready > 1:
+            # under a budget a small newest-first message would take the allowance a batch
+            # waits for, again and again: everything goes oldest first
+            self._top = max(self._top, st.next_seq - 1)
+            return False
+        if self.max_delay_s <= 0:
+            return True
+        reconnected, self._reconnected = self._reconnected, False
+        if ready <= 1 or (not reconnected and ready <= self._take // 2):
+            self._top = max(self._top, st.next_seq - 1)  # the batch carries the newest too
+            return False
+        return True
+
+    def _encode_one(self, rec: Record) -> bytes:
+        if self.batch_version == 2:
+            return codec.encode_batch([rec], codec.MAX_PAYLOAD, version=2)[0]
+        return codec.encode_live(rec)
+
     def _send_live(self) -> None:
         newest = self._spool.stats().next_seq - 1
         if newest <= self._top:
@@ -273,9 +345,13 @@ class Forwarder:
         if rec is None:
             return
         try:
-            payload = codec.encode_live(rec)
+            payload = self._encode_one(rec)
         except Exception as exc:
             self._set_aside(rec, exc)
+            return
+        if self._over_budget(payload):
+            self._spool.release([rec.seq])
+            self._top = rec.seq - 1
             return
         self._publish((rec,), payload)
         self._n["live_sent"] += 1
@@ -285,7 +361,7 @@ class Forwarder:
         if not recs:
             return False
         try:
-            payload, n = codec.encode_batch(recs, self._batch_bytes)
+            payload, n = codec.encode_batch(recs, self._affordable(), version=self.batch_version)
         except Exception:
             good = []
             for rec in recs:
@@ -301,7 +377,38 @@ class Forwarder:
             self._take = max(1, n + max(2, n // 8))
         elif len(recs) == self._take:
             self._take = min(MAX_TAKE, self._take * 2)
+        if self._over_budget(payload):
+            self._spool.release([r.seq for r in recs[:n]])
+            return False
         self._publish(recs[:n], payload)
+        return True
+
+    def _affordable(self) -> int:
+        """The batch size limit: `batch_bytes`, or less when the day's allowance is short (a
+        smaller message now rather than a full one never)."""
+        room = None if self._budget is None else self._budget.room_bytes()
+        if room is None:
+            return self._batch_bytes
+        payload_room = room - MESSAGE_OVERHEAD - len(self._topic) - 8
+        return max(MIN_BATCH, min(self._batch_bytes, payload_room))
+
+    def _over_budget(self, payload: bytes) -> bool:
+        """True (and the fixes held until the allowance covers them) when the day's budget
+        cannot pay for this message yet. Held fixes wait in the spool; the next message
+        carries more of them, so a short budget coalesces more instead of dropping fixes."""
+        if self._budget is None:
+            return False
+        wire = publish_packet_bytes(self._topic, len(payload))
+        wait = self._budget.wait_s(message_cost(wire), blocks(len(payload)))
+        if wait <= 0:
+            return False
+        if not self._budget_hold:
+            self._n["budget_waits"] += 1
+            self._budget.note_deferred()
+            log.info("budget: %d bytes used today; fixes wait %.0f s", self._budget.state.bytes,
+                     wait)  # fmt: skip
+        self._budget_hold = True
+        self._due = self._clock.monotonic() + min(wait, 3600.0)  # look again within the hour
         return True
 
     def _publish(self, recs: Sequence[Record], payload: bytes) -> None:
@@ -312,12 +419,15 @@ class Forwarder:
             self._spool.release(seqs)
             raise
         wire = publish_packet_bytes(self._topic, len(payload))
+        log.debug("sent %d fixes %d..%d as %d", len(seqs), seqs[0], seqs[-1], token)
         self._inflight[token] = _Message(seqs, wire, self._connected_now() + self._give_up)
         n = self._n
         n["messages_sent"] += 1
         n["fixes_sent"] += len(seqs)
         n["wire_bytes"] += wire
         n["payload_bytes"] += len(payload)
+        if self._budget is not None:
+            self._budget.spend(message_cost(wire), blocks(len(payload)))
         if self._released:
             again = self._released.intersection(seqs)
             if again:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tracker import codec
+from tracker.budget import CONNECT_COST, Budget, blocks, message_cost
 from tracker.clock import Clock
 from tracker.config import Config
 from tracker.errors import TrackerError
-from tracker.forward import Forwarder
+from tracker.forward import Forwarder, publish_packet_bytes
 from tracker.shadow import ShadowSync
 from tracker.spool import Spool
 
@@ -23,6 +24,13 @@ LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long a
 LINK_REOPEN_S = 60.0  # retry period when reopening the link fails
 REPEAT_FAILURE_S = 600.0  # the same connection failure is said again at most this often
 RECONNECT_MAX_S = 120.0  # the uplink's longest backoff between attempts
+# A link still connecting when it is due to close (a slow cell, a wake's fresh connect) gets
+# LINK_CLOSE_GRACE_S once it is up to deliver what waits, but is not kept trying for longer.
+LINK_CONNECT_WAIT_S = 600.0
+WAKE_CONTROL_BYTES = 2_500  # shadow report + get + a condition message, with their overheads
+LINK_BUDGET_RECHECK_S = 3600.0  # a link kept closed by the budget looks again this often
+ACK_TIMEOUT_ERROR = "AWS_ERROR_MQTT_TIMEOUT"  # the SDK failed a publish: no PUBACK in time
+LINK_RESTART_MIN_S = 60.0  # a link taken as dead (no PUBACK) is restarted at most this often
 
 
 class Publisher(Protocol):
@@ -47,8 +55,10 @@ class Link:
         clock: Clock,
         timers: dict[str, float],
         on_config: Callable[[Config], None],
+        budget: Budget | None = None,
     ) -> None:
         self.cfg = cfg
+        self.budget = budget
         self.thing = thing
         self.shadow = shadow
         self.spool = spool
@@ -66,6 +76,10 @@ class Link:
         self._failures = 0  # failed connection attempts since the link was last up
         self._said: tuple[str, float] = ("", 0.0)  # last failure logged, and when
         self._said_not_authorized = False
+        self.close_when_up: float | None = None  # monotonic: give up waiting for it then
+        self.skipped_conditions = 0  # condition reports the budget could not pay for
+        self.held_condition: bytes | None = None  # an event report waiting for the allowance
+        self._restarted_at: float | None = None  # last reconnect for a missing PUBACK
 
     def attach(self, uplink: Publisher) -> None:
         """Start sending the spool through `uplink`; subscribe to the shadow and connect."""
@@ -77,17 +91,24 @@ class Link:
             window=self.cfg.aws.window,
             batch_bytes=self.cfg.aws.batch_bytes,
             clock=self.clock,
+            max_delay_s=self.cfg.policy.max_delay_s,
+            batch_version=2 if self.cfg.aws.compress else 1,
+            budget=self.budget,
         )
         for topic in self.shadow.topics():
             uplink.subscribe(topic)
         uplink.start()
 
     def reconfigure(self, new: Config) -> None:
-        """Settings that apply without a restart: the batch size."""
+        """Settings that apply without a restart: the batch size, the delay bound, the budget."""
         old = self.cfg
         self.cfg = new
         if self.forwarder is not None and new.aws.batch_bytes != old.aws.batch_bytes:
             self.forwarder.batch_bytes = new.aws.batch_bytes
+        if self.forwarder is not None:
+            self.forwarder.max_delay_s = new.policy.max_delay_s
+        if self.budget is not None:
+            self.budget.reconfigure(new.budget)
 
     def replace_shadow(self, shadow: ShadowSync) -> None:
         """A reloaded config comes with its own shadow state; report it at once when up."""
@@ -102,7 +123,22 @@ class Link:
         if not self.up:
             self.pending_condition = payload  # only the latest matters; sent on reconnect
             return
-        self.publish([(self.cfg.aws.topic(self.thing, "condition"), payload)])
+        if self.budget is not None:
+            # with the day's allowance short a periodic report waits for the next period and
+            # an event report is kept (the latest only) for the next one that fits
+            cost = 2 * message_cost(publish_packet_bytes("x" * 64, len(payload)))
+            if self.budget.would_wait_s(cost, 2) > 0:
+                self.skipped_conditions += 1
+                if fields.get("reason") != "periodic":
+                    self.held_condition = payload
+                return
+        topic = self.cfg.aws.topic(self.thing, "condition")
+        if self.held_condition is not None and fields.get("reason") == "periodic":
+            payload, self.held_condition = self.held_condition, None  # the event goes first
+            self.publish([(topic, payload)])
+            payload = codec.encode_condition(fields)
+        self.held_condition = None
+        self.publish([(topic, payload)])
         battery = fields["battery"] or {}
         summary = {
             "state": fields["state"],
@@ -110,6 +146,10 @@ class Link:
             "battery_pct": battery.get("percent"),
             "last_fix_age_s": fields["gps"]["last_fix_age_s"],
         }
+        if "budget" in fields:
+            summary["budget_bytes"] = fields["budget"]["bytes"]
+            summary["budget_messages"] = fields["budget"]["messages"]
+            summary["budget_waiting_s"] = fields["budget"]["waiting_s"]
         self.publish(self.shadow.report_status(summary))
 
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
@@ -118,6 +158,15 @@ class Link:
             return
         for topic, payload in messages:
             self.control_tokens.add(self.uplink.publish(topic, payload))
+            if self.budget is not None:
+                wire = publish_packet_bytes(topic, len(payload))
+                self.budget.spend(message_cost(wire), blocks(len(payload)))
+
+    def recorded(self, trigger: str) -> None:
+        """A fix went into the spool: it goes now or shares a later message (`max_delay_s`)."""
+        if self.forwarder is not None:
+            self.forwarder.recorded(trigger)
+        self.pump()
 
     def pump(self) -> None:
         if self.up and self.forwarder is not None:
@@ -153,6 +202,30 @@ class Link:
         elif self.forwarder:
             log.warning("publish failed, will resend: %s", reason)
             self.forwarder.on_failed(token)
+        if reason.startswith(ACK_TIMEOUT_ERROR):
+            self._restart_dead_link()
+
+    def _restart_dead_link(self) -> None:
+        """A PUBACK that never came on a link that looks up: with a long keep-alive the link
+        may be dead without the client knowing (a cell handover, a NAT timeout): reconnect
+        now rather than after 1.5 keep-alives, at most once per LINK_RESTART_MIN_S."""
+        now = self.clock.monotonic()
+        if self.uplink is None or not self.up or self.closed:
+            return
+        if self._restarted_at is not None and now - self._restarted_at < LINK_RESTART_MIN_S:
+            return
+        self._restarted_at = now
+        log.warning("no PUBACK in time: taking the connection as dead and reconnecting")
+        self.on_link(False, "no PUBACK in time")
+        if self.forwarder is not None:
+            self.forwarder.release_in_flight()
+        self.uplink.stop(timeout=3.0)
+        try:
+            self.uplink.start()
+        except TrackerError as exc:
+            log.error("cannot open the link: %s; trying again in %.0f s", exc, LINK_REOPEN_S)
+            self.closed = True
+            self.timers["link_open"] = now + LINK_REOPEN_S
 
     def on_subscribe_refused(self, topic: str, reason: str) -> None:
         log.error(
@@ -179,6 +252,11 @@ class Link:
             self._said = (reason, self.clock.monotonic())
         if self.forwarder is None:
             return
+        if self.budget is not None:
+            self.budget.link(up)
+        if up and self.close_when_up is not None:
+            self.close_when_up = None
+            self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
         if up:
             self.forwarder.link_up()
             self.publish(self.shadow.on_connected())
@@ -232,9 +310,13 @@ class Link:
             return
         if wanted:
             self.timers.pop("link_close", None)
+            self.close_when_up = None
             if self.closed:
                 self.reopen()
         elif not self.closed:
+            if self.forwarder is not None:
+                self.forwarder.flush()  # nothing held back for a message that would come later
+                self.pump()
             self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
 
     def reopen(self) -> None:
@@ -242,6 +324,11 @@ class Link:
         now) is retried every LINK_REOPEN_S while the device stays awake."""
         self.timers.pop("link_open", None)
         if self.uplink is None or not self.closed or not self.wanted:
+            return
+        wait = 0.0 if self.budget is None else self.budget.wait_s(self._wake_cost())
+        if wait > 0:  # the day's allowance cannot pay for a connection yet: fixes wait
+            log.info("budget: link opens in %.0f s", min(wait, LINK_BUDGET_RECHECK_S))
+            self.timers["link_open"] = self.clock.monotonic() + min(wait, LINK_BUDGET_RECHECK_S)
             return
         log.info("opening the link again")
         try:
@@ -252,16 +339,49 @@ class Link:
             return
         self.closed = False
 
+    def flush(self) -> bool:
+        """Send the fixes held to share a message now (stopping); True if anything is in
+        flight afterwards."""
+        fw = self.forwarder
+        if fw is None or not self.up:
+            return False
+        fw.flush()  # held, or due and not yet pumped: either way they go now
+        self.pump()
+        return fw.stats().in_flight > 0
+
+    def settled(self) -> bool:
+        """Nothing in flight: what was sent is acknowledged (or failed)."""
+        return self.forwarder is None or self.forwarder.stats().in_flight == 0
+
+    def _wake_cost(self) -> int:
+        """What opening the link is expected to cost: the handshake, the shadow and condition
+        messages of a connect, and a message of fixes (a full batch when a backlog waits), so
+        the allowance a connect uses also pays for moving the backlog."""
+        backlog = self.spool.stats().backlog
+        fixes = self.cfg.aws.batch_bytes if backlog > 1 else 400
+        return CONNECT_COST + WAKE_CONTROL_BYTES + fixes
+
     def idle(self) -> bool:
         """Nothing the broker still has to acknowledge, nor any fix still to send (a failed
         publish waits out its pause with nothing in flight)."""
         busy = self.forwarder is not None and self.forwarder.stats().in_flight > 0
-        return not self.control_tokens and not busy and self.spool.stats().backlog == 0
+        # fixes waiting for the day's allowance do not keep the link (and its pings) alive
+        waiting = self.forwarder is not None and self.forwarder.budget_holding()
+        return not self.control_tokens and not busy and (self.spool.stats().backlog == 0 or waiting)
 
     def close(self) -> None:
         self.timers.pop("link_close", None)
         if self.uplink is None or self.closed:
             return
+        now = self.clock.monotonic()
+        if not self.up and not self.idle():
+            # still connecting with something to deliver: close once it had its chance
+            if self.close_when_up is None:
+                self.close_when_up = now + LINK_CONNECT_WAIT_S
+            if now < self.close_when_up:
+                self.timers["link_close"] = self.close_when_up
+                return
+        self.close_when_up = None
         self.closed = True
         log.info("closing the link for low power")
         self.on_link(False, "closed for low power")

@@ -279,6 +279,11 @@ class Device:
     def battery_is_low(self, event: Any = None) -> bool:
         return self._battery_low
 
+    @property
+    def heartbeat_wake(self) -> bool:
+        """Awake only for a heartbeat report (back to low power after it)."""
+        return self._quiet_cycle
+
     def dozing(self, event: Any = None) -> bool:
         """Woken only for a heartbeat, or the battery is low: a failed fix goes back to sleep."""
         return self._battery_low or self._quiet_cycle

@@ -126,6 +126,17 @@ def _scalar(value: Any) -> tuple[bool, Any]:
     return False, None
 
 
+# Status fields that change at every report: a change in them alone is not worth a shadow update
+# (each costs an update and its accepted reply on the link); the next report carries them.
+VOLATILE_STATUS = frozenset({"last_fix_age_s", "budget_bytes", "budget_messages"})
+
+
+def _steady(status: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {k: v for k, v in status.items() if k not in VOLATILE_STATUS}
+
+
 def small_status(status: Mapping[str, Any]) -> dict[str, Any]:
     """A status summary cut to size: 16 keys, scalars or one level of scalars, short strings."""
     out: dict[str, Any] = {}
@@ -229,7 +240,7 @@ class ShadowSync:
     def report_status(self, status: Mapping[str, Any]) -> list[Message]:
         """Put a small status summary in `reported.status` (only when it changed and online)."""
         self._status = small_status(status)
-        if not self._online or self._status == self._status_sent:
+        if not self._online or _steady(self._status) == _steady(self._status_sent):
             return []
         return [self._report({"status": self._status})]
 

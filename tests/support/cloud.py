@@ -44,11 +44,13 @@ def drive_records() -> tuple[Record, ...]:
     )
 
 
-def batches(records: Sequence[Record], max_bytes: int = 5120) -> list[tuple[bytes, int]]:
+def batches(
+    records: Sequence[Record], max_bytes: int = 5120, version: int = 1
+) -> list[tuple[bytes, int]]:
     """The records packed into batch payloads the way the forwarder does: (payload, count)."""
     out, i = [], 0
     while i < len(records):
-        payload, n = encode_batch(records[i:], max_bytes)
+        payload, n = encode_batch(records[i : i + 2000], max_bytes, version=version)
         out.append((payload, n))
         i += n
     return out
