@@ -26,6 +26,9 @@ from hw.pty import FakeGps
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
 from tracker.spool import Spool
 
+# also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
+pytestmark = pytest.mark.arm64
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORDING = ROOT / "tests" / "data" / "nmea" / "qtpositioning" / "nmealog.txt"
 SPEED = 25

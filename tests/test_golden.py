@@ -22,6 +22,9 @@ import pytest
 from tracker.fix import Fix, format_time, parse_time
 from tracker.replay import fix_json, fixes_of
 
+# also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
+pytestmark = pytest.mark.arm64
+
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "nmea"
 GOLDEN = DATA / "golden"

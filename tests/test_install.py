@@ -123,6 +123,21 @@ def test_live_dry_run_shows_the_board_steps(tmp_path: Path) -> None:
     assert not calls.exists()
 
 
+def test_wheelhouse_installs_offline_from_its_wheels(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    path, calls = spy_path(tmp_path)
+    done = install("--dry-run", "--wheelhouse", str(wheels), path=path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "holds no tracker wheel" in done.stderr
+    (wheels / "tracker-0.1.0-py3-none-any.whl").write_bytes(b"")
+    done = install("--dry-run", "--wheelhouse", str(wheels), path=path)
+    assert done.returncode == 0, done.stderr
+    pip = next(line for line in done.stdout.splitlines() if "pip install" in line)
+    assert f"--no-index --find-links={wheels}" in pip and pip.endswith(" tracker")
+    assert not calls.exists()
+
+
 def test_unit_key_settings() -> None:
     u = unit(UNIT)
     service = u["Service"]

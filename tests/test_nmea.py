@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 from tracker.nmea import MAX_PENDING, LineFramer, _xor, count_valid_sentences
 from tracker.sentences import USED_TYPES, parse_sentence
 
+# also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
+pytestmark = pytest.mark.arm64
+
 CORPUS = Path(__file__).parent / "data" / "nmea"
 RMC = "GPRMC,081836,A,3751.65,S,14507.36,E,000.0,360.0,130998,011.3,E"
 GGA = "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"

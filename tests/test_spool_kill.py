@@ -11,6 +11,9 @@ from support.spool_child import run_until_killed
 
 from tracker.spool import Spool
 
+# also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
+pytestmark = pytest.mark.arm64
+
 KILLS = 30
 
 

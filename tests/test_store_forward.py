@@ -26,6 +26,9 @@ from tracker.errors import UplinkError
 from tracker.events import LinkDown, LinkUp
 from tracker.spool import Spool
 
+# also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
+pytestmark = pytest.mark.arm64
+
 THING = "tracker-test-1"
 TESTS = Path(__file__).resolve().parent
 MakeLoop = Callable[..., ForwardLoop]
@@ -190,11 +193,21 @@ def test_tracker_killed_at_random_moments_loses_nothing(
     }
     rng = random.Random(20261126)
     kills = mid_stream = 0
-    for _ in range(24):
+    for i in range(24):
         before = subscriber.count()
         child = _child(cfg)
         try:
-            time.sleep(rng.uniform(0.05, 0.9))  # from start-up to mid-stream
+            if i % 2:
+                # mid-stream: once this child's first fixes reached the broker, however long a
+                # slow (or emulated) machine takes to start it, then a random moment later
+                deadline = time.monotonic() + 60
+                while subscriber.count() <= before and time.monotonic() < deadline:
+                    if child.poll() is not None:
+                        break
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                time.sleep(rng.uniform(0.05, 0.9))  # anywhere from start-up on
         finally:
             child.kill()
             child.wait()
@@ -211,7 +224,7 @@ def test_tracker_killed_at_random_moments_loses_nothing(
     with Spool(tmp_path / "spool.db") as spool:
         last = spool.stats().next_seq - 1
         assert spool.stats().backlog == 0
-    assert kills >= 20 and mid_stream >= 10 and last > 500
+    assert kills >= 20 and mid_stream >= 10 and last > 100
     assert subscriber.wait_seqs(set(range(1, last + 1))) == set()
     counts = subscriber.seqs()
     assert max(counts) == last  # nothing beyond what the spool handed out

@@ -19,6 +19,9 @@ from tracker.errors import UplinkError
 from tracker.events import Event, Inbound, LinkDown, LinkUp, PubAck, PubFailed
 from tracker.uplink import Uplink
 
+# also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
+pytestmark = pytest.mark.arm64
+
 THING = "tracker-test-1"
 E = TypeVar("E", bound=Event)
 MakeUplink = Callable[..., Uplink]

@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 THING_NAME = "tracker-test-1"
 CLOUD_NAME = "cloud-consumer"
+QEMU_HOST = "10.0.2.2"  # the host as seen from a QEMU guest with user networking
 _DAY = dt.timedelta(days=1)
 
 
@@ -124,7 +125,12 @@ def _issue(
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    # this machine as a QEMU guest sees it (user networking): scripts/image-test
+                    x509.IPAddress(ipaddress.ip_address(QEMU_HOST)),
+                ]
             ),
             critical=False,
         )
