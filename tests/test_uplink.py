@@ -261,17 +261,11 @@ def test_basic_ingest_topics_are_published_as_is(
 def test_a_puback_without_a_known_reason_code_never_deletes(
     pki: Pki, events: Events, make_uplink: MakeUplink
 ) -> None:
-    from dataclasses import replace
-
     from support.raw_broker import RawBroker
 
     peer = RawBroker(pki, puback_code=0xFF)
     try:
-        aws = replace(
-            AwsConfig(endpoint="localhost", cert=str(pki.client.cert), key=str(pki.client.key),
-                      ca=str(pki.ca), flow_control=False),
-            port=peer.port,
-        )  # fmt: skip
+        aws = peer.aws_config(pki)
         up = make_uplink(aws)
         up.start()
         events.next(LinkUp)
@@ -286,19 +280,13 @@ def test_a_puback_without_a_known_reason_code_never_deletes(
 
 
 def test_a_refused_subscription_is_named(pki: Pki, events: Events, make_uplink: MakeUplink) -> None:
-    from dataclasses import replace
-
     from support.raw_broker import RawBroker
 
     from tracker.events import SubscribeRefused
 
     peer = RawBroker(pki, suback_code=0x87)  # NOT_AUTHORIZED
     try:
-        aws = replace(
-            AwsConfig(endpoint="localhost", cert=str(pki.client.cert), key=str(pki.client.key),
-                      ca=str(pki.ca), flow_control=False),
-            port=peer.port,
-        )  # fmt: skip
+        aws = peer.aws_config(pki)
         up = make_uplink(aws)
         topic = f"$aws/things/{THING}/shadow/update/delta"
         up.subscribe(topic)

@@ -12,6 +12,7 @@ import ssl
 import threading
 
 from support.pki import Pki
+from tracker.config import AwsConfig
 
 
 def _varint(n: int) -> bytes:
@@ -47,6 +48,13 @@ class RawBroker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
+
+    def aws_config(self, pki: Pki) -> AwsConfig:
+        """The device's [aws] settings for this peer (the test PKI's client, flow control off)."""
+        return AwsConfig(
+            endpoint="localhost", port=self.port, cert=str(pki.client.cert),
+            key=str(pki.client.key), ca=str(pki.ca), flow_control=False,
+        )  # fmt: skip
 
     def close(self) -> None:
         self._stop.set()
