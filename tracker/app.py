@@ -284,8 +284,6 @@ class App:
             self.mqtt.on_subscribe_refused(event.topic, event.reason)
         elif isinstance(event, ev.Inbound):
             self.mqtt.on_inbound(event.topic, event.payload)
-        elif isinstance(event, ev.Call):
-            event.fn()
 
     def step(self, max_wait: float | None = None) -> None:
         """Wait for one event or the next timer, handle it, fire due timers."""

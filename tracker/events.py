@@ -8,7 +8,7 @@ library only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 
@@ -92,13 +92,6 @@ class ExternalPower:
     on: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Run `fn` on the loop's thread (for code that must not touch state from elsewhere)."""
-
-    fn: Callable[[], None] = field(compare=False)
-
-
 Event = Union[  # noqa: UP007 - a runtime alias must work on Python 3.10
     GpsEpoch,
     GpsPort,
@@ -111,7 +104,6 @@ Event = Union[  # noqa: UP007 - a runtime alias must work on Python 3.10
     SignalReceived,
     Motion,
     ExternalPower,
-    Call,
 ]
 
 Post = Callable[[Event], None]
