@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in map(str, (REPO, REPO / "tests", REPO / "scripts")) if p not in sys.path]
 
 from bench_plan import THING, bench_config, kill_moments, parse_args, schedule  # noqa: E402
+from support.procs import stop_process  # noqa: E402
 
 from tracker import report  # noqa: E402
 from tracker.report_svg import timeline_svg, track_svg  # noqa: E402
@@ -62,16 +63,7 @@ class Daemon:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Signal it and wait (SIGTERM: it closes its spool); SIGKILL if it does not stop."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -18,6 +18,7 @@ from typing import Any
 
 from support.broker import Broker
 from support.pki import Identity
+from support.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID = "tracker-collector"
@@ -94,16 +95,7 @@ class Collector:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
