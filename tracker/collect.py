@@ -29,6 +29,7 @@ from tracker.config import (
     TOPIC_PREFIX_RE,
     AwsConfig,
     build_section,
+    read_toml,
     setting,
     shown,
 )
@@ -37,9 +38,9 @@ from tracker.forward import publish_packet_bytes
 from tracker.lake import LakeWriter
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    pass  # type: ignore[import-not-found,unused-ignore]
 
 log = logging.getLogger("tracker.collect")
 
@@ -111,20 +112,7 @@ def load(path: str | None) -> CollectConfig:
     """Read and validate the collector's TOML file; ConfigError (one line) on any problem."""
     if not path:
         raise ConfigError("no config file: pass --config FILE")
-    file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {file} not found; pass --config FILE") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {file} is a directory; pass --config FILE") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {file} cannot be read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {file} is not UTF-8 text; pass the TOML config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    doc = read_toml(Path(path))
     return from_dict(doc)
 
 

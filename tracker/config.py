@@ -454,10 +454,20 @@ def load(
 ) -> Config:
     """Read, merge and validate the configuration; raises ConfigError naming the problem."""
     environ = os.environ if environ is None else environ
-    file = Path(path or environ.get("TRACKER_CONFIG") or DEFAULT_CONFIG)
+    doc = read_toml(Path(path or environ.get("TRACKER_CONFIG") or DEFAULT_CONFIG))
+    doc = merge(doc, env_overrides(environ), overrides or {})
+    try:
+        return from_dict(doc)
+    except ConfigError as exc:
+        raise ConfigError(_name_env_source(str(exc), environ)) from None
+
+
+def read_toml(file: Path) -> dict[str, Any]:
+    """A TOML config file as a dict; ConfigError (one line naming the file and the fix)."""
     try:
         with file.open("rb") as fh:
-            doc = tomllib.load(fh)
+            doc: dict[str, Any] = tomllib.load(fh)
+            return doc
     except FileNotFoundError:
         raise ConfigError(f"config file {file} not found; pass --config FILE") from None
     except PermissionError:
@@ -472,11 +482,6 @@ def load(
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-    doc = merge(doc, env_overrides(environ), overrides or {})
-    try:
-        return from_dict(doc)
-    except ConfigError as exc:
-        raise ConfigError(_name_env_source(str(exc), environ)) from None
 
 
 def _name_env_source(message: str, environ: Mapping[str, str]) -> str:
