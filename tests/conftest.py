@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from support import leaks
+
+from hw.pty import FakeGps
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +23,10 @@ def no_leaks(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
         problems.append(f"ports left listening: {sorted(extra)}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def gps() -> Iterator[FakeGps]:
+    """A serial GPS on a real pseudo-terminal, opened by path as a board opens /dev/ttyAMA0."""
+    with FakeGps() as fake:
+        yield fake

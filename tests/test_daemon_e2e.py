@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,13 +53,6 @@ def opened_by(pid: int, device: str) -> bool:
         except OSError:
             continue
     return False
-
-
-@pytest.fixture
-def gps() -> Iterator[FakeGps]:
-    fake = FakeGps()
-    yield fake
-    fake.close()
 
 
 def test_recording_through_a_pty_into_the_daemon_reaches_the_cloud(

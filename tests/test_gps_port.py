@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,6 @@ NMEA = b"".join(split_recording(RECORDING))
 def decode(data: bytes) -> list[Epoch]:
     decoder = Decoder(date_floor=RECORDING_DATE_FLOOR)
     return [*decoder.feed(data), *decoder.flush()]
-
-
-@pytest.fixture
-def gps() -> Iterator[FakeGps]:
-    with FakeGps() as fake:
-        yield fake
 
 
 # -- open_gps ---------------------------------------------------------------------------------

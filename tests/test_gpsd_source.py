@@ -116,12 +116,6 @@ class Gpsd:
 
 
 @pytest.fixture
-def gps() -> Iterator[FakeGps]:
-    with FakeGps() as fake:
-        yield fake
-
-
-@pytest.fixture
 def gpsd(gps: FakeGps, tmp_path: Path) -> Iterator[Gpsd]:
     if shutil.which("gpsd") is None:
         pytest.skip("gpsd is not installed")

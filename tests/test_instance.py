@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,6 @@ def tracker(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "tracker", *args], env=env, capture_output=True, text=True,
         timeout=60, check=False,
     )  # fmt: skip
-
-
-@pytest.fixture
-def gps() -> Iterator[FakeGps]:
-    fake = FakeGps()
-    yield fake
-    fake.close()
 
 
 def test_a_second_tracker_on_the_same_spool_is_refused_naming_the_first(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,6 @@ DATA = Path(__file__).parent / "data" / "nmea"
 
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def gps() -> Iterator[FakeGps]:
-    with FakeGps() as fake:
-        yield fake
 
 
 def read_exactly(port: serial.Serial, n: int) -> bytes:
