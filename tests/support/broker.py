@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from support.pki import Identity, Pki
+from support.procs import stop_process
 from tracker.config import AwsConfig
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -127,15 +128,9 @@ class Broker:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            if sig != signal.SIGKILL:
-                os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot handle SIGTERM
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc.poll() is None and sig != signal.SIGKILL:
+            os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot handle SIGTERM
+        stop_process(proc, sig, timeout)
         self._proc = None
 
     def stop(self) -> None:
