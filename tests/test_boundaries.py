@@ -31,7 +31,7 @@ OWNERS = {
 PURE = {
     "tracker/fix.py", "tracker/codec.py", "tracker/errors.py", "tracker/nmea.py",
     "tracker/sentences.py", "tracker/epoch.py", "tracker/machine.py", "tracker/policy.py",
-    "tracker/events.py",
+    "tracker/events.py", "tracker/scheduler.py",
 }  # fmt: skip
 IMPURE = {"awscrt", "awsiot", "sqlite3", "serial", "socket", "ssl", "threading", "hw", "boto3"}
 # what the hardware layer may use of the application: its error types, clock and NMEA framing
