@@ -25,6 +25,7 @@ from tracker.config import PolicyConfig
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
 from tracker.fix import Fix, format_time
 from tracker.machine import Device, State
+from tracker.scheduler import Scheduler
 
 DATA = Path(__file__).parent / "data"
 NMEA = DATA / "nmea"
@@ -92,7 +93,8 @@ def simulate(
     cfg = cfg or PolicyConfig()
     clock = FakeClock(1000.0)
     trace = Trace(clock, clock.monotonic())
-    device = Device(cfg, trace, clock)
+    timers = Scheduler()
+    device = Device(cfg, trace, clock, timers)
     device.machine.after_state_change.append(trace.on_state)
     device.start()
     prev = None
@@ -103,9 +105,9 @@ def simulate(
         if epoch.time is not None:
             prev = epoch.time if prev is None else max(prev, epoch.time)
         target = clock.monotonic() + step
-        while (due := device.next_deadline()) is not None and due <= target:
+        while (due := timers.next_due()) is not None and due <= target:
             clock.set(max(due, clock.monotonic()))
-            device.on_timer()
+            timers.run_due(clock.monotonic())
         clock.set(target)
         if at is not None:
             at(clock.monotonic() - trace.start, device)
@@ -114,9 +116,9 @@ def simulate(
         elif accelerometer and epoch.fix and (epoch.fix.speed or 0) >= cfg.moving_speed_mps:
             device.on_motion()
     end = clock.monotonic() + tail_s  # time goes on after the recording: timers still fire
-    while (due := device.next_deadline()) is not None and due <= end:
+    while (due := timers.next_due()) is not None and due <= end:
         clock.set(max(due, clock.monotonic()))
-        device.on_timer()
+        timers.run_due(clock.monotonic())
     return run_summary(Run(device, trace, clock))
 
 
@@ -192,7 +194,7 @@ def test_parked_boat_goes_to_low_power() -> None:
     assert run.device.state is State.LOW_POWER
     assert [t for _, t in run.trace.records] == ["first"]  # jitter is not motion
     assert run.trace.conditions == ["low_power_enter"]
-    assert run.device.next_deadline() == pytest.approx(
+    assert run.device.deadline == pytest.approx(
         run.trace.start + 3.0 + cfg.still_timeout_s + cfg.heartbeat_s, abs=5
     )
 

@@ -22,6 +22,7 @@ from tracker.machine import (
     mermaid,
     trigger_table,
 )
+from tracker.scheduler import Scheduler
 
 T0 = datetime(2026, 11, 20, 8, 0, 0, tzinfo=timezone.utc)
 CFG = PolicyConfig(settle_s=0)
@@ -62,7 +63,8 @@ class Bench:
         self.clock = FakeClock(500.0)
         self.t0 = self.clock.monotonic()
         self.fx = EffectsLog()
-        self.dev = Device(cfg, self.fx, self.clock)
+        self.timers = Scheduler()
+        self.dev = Device(cfg, self.fx, self.clock, self.timers)
 
     @property
     def now(self) -> float:
@@ -71,9 +73,9 @@ class Bench:
     def until(self, seconds: float) -> None:
         """Let time pass to `seconds` after the start, firing timers as the daemon would."""
         end = self.t0 + seconds
-        while (due := self.dev.next_deadline()) is not None and due <= end:
+        while (due := self.timers.next_due()) is not None and due <= end:
             self.clock.set(max(due, self.clock.monotonic()))
-            self.dev.on_timer()
+            self.timers.run_due(self.clock.monotonic())
         self.clock.set(end)
 
     def feed(self, seconds: float, north_m: float = 0.0, **kw: Any) -> None:
@@ -94,11 +96,11 @@ class Bench:
 def test_starts_idle_and_boot_powers_the_receiver() -> None:
     b = Bench()
     assert b.dev.state is State.IDLE
-    assert b.dev.next_deadline() is None
+    assert b.dev.deadline is None
     b.dev.start()
     assert b.dev.state is State.ACQUIRING_FIX
     assert b.fx.calls == [("gps_power", True)]
-    assert b.dev.next_deadline() == b.t0 + CFG.fix_timeout_s
+    assert b.dev.deadline == b.t0 + CFG.fix_timeout_s
 
 
 def test_first_good_fix_is_reported() -> None:
@@ -147,20 +149,20 @@ def test_fix_timeout_reports_no_fix_and_backs_off() -> None:
     assert b.dev.state is State.IDLE
     assert b.fx.of("condition") == ["no_fix"]
     assert b.fx.gps_on is False
-    assert b.dev.next_deadline() == b.t0 + 160
+    assert b.dev.deadline == b.t0 + 160
     b.until(160)
     assert b.dev.state is State.ACQUIRING_FIX
     b.until(220)  # second timeout in a row: twice the back-off
-    assert b.dev.next_deadline() == b.t0 + 220 + 200
+    assert b.dev.deadline == b.t0 + 220 + 200
     b.until(420 + 60)  # third: capped at the heartbeat interval
-    assert b.dev.next_deadline() == b.t0 + 480 + 300
+    assert b.dev.deadline == b.t0 + 480 + 300
     assert b.dev.stats()["fix_timeouts"] == 3
     b.feed(780 + 5)
     assert b.dev.state is State.REPORTING
     b.park(786, 786 + 20)
     b.until(805 + 60 + 60)  # fixes stop: lost at 865, timeout at 925, back-off 100 s again
     assert b.dev.state is State.IDLE
-    assert b.dev.next_deadline() == b.t0 + 925 + 100
+    assert b.dev.deadline == b.t0 + 925 + 100
 
 
 def test_fix_lost_goes_back_to_acquiring() -> None:
@@ -184,7 +186,7 @@ def test_still_leads_to_low_power_and_heartbeat_wakes() -> None:
         ("link", False),
     ]
     entered = b.t0 + 301
-    assert b.dev.next_deadline() == entered + 3600
+    assert b.dev.deadline == entered + 3600
     # heartbeat: wake, one report, back to sleep without more condition messages
     n = len(b.fx.calls)
     b.park(400, 3901 + 10)
@@ -207,7 +209,7 @@ def test_heartbeat_without_fix_goes_back_to_sleep() -> None:
     b.until(61 + 1000 + 30)  # woke for the heartbeat, no fix in 30 s
     assert b.dev.state is State.LOW_POWER
     assert b.fx.of("condition")[-1] == "no_fix"
-    assert b.dev.next_deadline() == b.t0 + 1091 + 1000
+    assert b.dev.deadline == b.t0 + 1091 + 1000
 
 
 def test_motion_wakes_from_low_power() -> None:
@@ -361,7 +363,7 @@ def test_stats_time_in_states() -> None:
 def test_effects_interactions(mocker: Any) -> None:
     effects = mocker.create_autospec(Effects, instance=True)
     clock = FakeClock()
-    dev = Device(CFG, effects, clock)
+    dev = Device(CFG, effects, clock, Scheduler())
     dev.start()
     dev.on_epoch(epoch(0))
     effects.gps_power.assert_called_once_with(True)

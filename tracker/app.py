@@ -31,6 +31,7 @@ from tracker.gpstime import GpsTime
 from tracker.link import Link, Publisher
 from tracker.machine import Device, State
 from tracker.policy import ParkedWatch
+from tracker.scheduler import Scheduler
 from tracker.settings_store import default_store_path
 from tracker.shadow import ShadowSync
 from tracker.spool import Spool
@@ -98,7 +99,8 @@ class App:
         )
         self.thing = cfg.device.thing_name
         self.decoder = make_decoder(cfg)
-        self.device = Device(cfg.policy, self, self.clock)
+        self.scheduler = Scheduler()
+        self.device = Device(cfg.policy, self, self.clock, self.scheduler)
         self.parts: Parts | None = None
         self.timers: dict[str, float] = {}
         self.budget = Budget(
@@ -207,15 +209,13 @@ class App:
 
     # ---- the loop -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        deadlines = [*self.timers.values(), self.device.next_deadline(), self.mqtt.wake_at()]
+        deadlines = [*self.timers.values(), self.scheduler.next_due(), self.mqtt.wake_at()]
         return min((d for d in deadlines if d is not None), default=None)
 
     def run_due(self) -> None:
         """Fire every timer whose time has come."""
         now = self.clock.monotonic()
-        d = self.device.next_deadline()
-        if d is not None and now >= d:
-            self.device.on_timer()
+        self.scheduler.run_due(now)
         if "link_close" in self.timers and self.mqtt.idle():
             self.mqtt.close()
         wake = self.mqtt.wake_at()

@@ -1,7 +1,8 @@
 """The device's state machine: when the GPS is on, when fixes are reported, when it sleeps.
 
 Pure: decisions from events, the policy and an injected monotonic clock; every effect goes through
-an injected `Effects` object. Must not import serial, awsiot, awscrt or hw.
+an injected `Effects` object, and the state's timer through the loop's scheduler. Must not import
+serial, awsiot, awscrt or hw.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tracker.config import PolicyConfig
 from tracker.epoch import Epoch
 from tracker.fix import Fix
 from tracker.policy import ReportPolicy
+from tracker.scheduler import Scheduler
 
 
 class State(str, Enum):
@@ -70,6 +72,7 @@ TRIGGER_CAUSES = {
     "wake": "`on_wake` (SIGUSR1)",
 }
 
+TIMER = "device"  # the name of the state's timer in the loop's scheduler
 # what each state's timer fires when it runs out
 TIMEOUT_TRIGGERS = {
     IDLE: "retry",
@@ -135,17 +138,20 @@ def reject_reason(epoch: Epoch, fix: Fix, cfg: PolicyConfig) -> str | None:
 
 
 class Device:
-    """The state machine plus its timers, driven by the daemon's event loop only."""
+    """The state machine, driven by the daemon's event loop only; each state's timer is booked
+    with the loop's scheduler (`timers`), which calls the device back when it runs out."""
 
     state: State
     trigger: Callable[..., bool]  # added by transitions.Machine
 
-    def __init__(self, cfg: PolicyConfig, effects: Effects, clock: Clock) -> None:
+    def __init__(
+        self, cfg: PolicyConfig, effects: Effects, clock: Clock, timers: Scheduler
+    ) -> None:
         self.cfg = cfg
         self.effects = effects
         self.clock = clock
+        self.timers = timers
         self.policy = ReportPolicy(cfg)
-        self._deadline: float | None = None
         self._gps_on: bool | None = None
         self._settle_until: float | None = None  # GPS time (POSIX s): ignore fixes until then
         self._last_fix: Fix | None = None
@@ -206,7 +212,7 @@ class Device:
         if self.state is ACQUIRING_FIX:
             self.trigger("fix_accepted")
         else:
-            self._deadline = self._last_fix_mono + self.cfg.fix_timeout_s
+            self._set_timer(self.cfg.fix_timeout_s)
         self._consider(fix)
 
     def on_battery(self, percent: float | None, charging: bool | None) -> None:
@@ -247,19 +253,10 @@ class Device:
         self._hold_pending = True
         self.trigger("wake")
 
-    def on_timer(self) -> None:
-        """The deadline returned by `next_deadline` has come."""
-        if self._deadline is not None and self.clock.monotonic() >= self._deadline:
-            self._deadline = None
-            name = TIMEOUT_TRIGGERS[self.state]
-            if name == "fix_timeout":
-                self._count("fix_timeouts")
-                self.effects.condition("no_fix")
-            self.trigger(name)
-
-    def next_deadline(self) -> float | None:
-        """Monotonic time at which `on_timer` must be called, or None for no timer."""
-        return self._deadline
+    @property
+    def deadline(self) -> float | None:
+        """Monotonic time at which the state's timer runs out, or None before `start`."""
+        return self.timers.due(TIMER)
 
     # ---- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -300,24 +297,24 @@ class Device:
     # ---- callbacks -----------------------------------------------------------------------------
     def _enter_idle(self, event: Any) -> None:
         self._gps(False)
-        self._deadline = self.clock.monotonic() + self._backoff_s
+        self._set_timer(self._backoff_s)
         # each fix timeout in a row doubles the wait, up to the heartbeat interval
         cap = max(self.cfg.fix_backoff_s, self.cfg.heartbeat_s)
         self._backoff_s = min(self._backoff_s * 2, cap)
 
     def _enter_acquiring_fix(self, event: Any) -> None:
         self._gps(True)
-        self._deadline = self.clock.monotonic() + self.cfg.fix_timeout_s
+        self._set_timer(self.cfg.fix_timeout_s)
         if event.event.name == "heartbeat":
             self._force = self._force or "heartbeat"
 
     def _enter_reporting(self, event: Any) -> None:
         self._backoff_s = self.cfg.fix_backoff_s
-        self._deadline = self.clock.monotonic() + self.cfg.fix_timeout_s
+        self._set_timer(self.cfg.fix_timeout_s)
 
     def _enter_low_power(self, event: Any) -> None:
         self._gps(False)
-        self._deadline = self.clock.monotonic() + self.cfg.heartbeat_s
+        self._set_timer(self.cfg.heartbeat_s)
         self._hold_until = None
         self._hold_pending = False
         reason = "battery_low" if self._battery_low else "low_power_enter"
@@ -342,6 +339,18 @@ class Device:
         self._count(f"to_{self.state.value}")
 
     # ---- internals -----------------------------------------------------------------------------
+    def _set_timer(self, seconds: float) -> None:
+        """(Re)start the state's timer: it runs out `seconds` from now."""
+        self.timers.set(TIMER, self.clock.monotonic() + seconds, self._timeout)
+
+    def _timeout(self) -> None:
+        """The state's timer ran out (called back by the scheduler)."""
+        name = TIMEOUT_TRIGGERS[self.state]
+        if name == "fix_timeout":
+            self._count("fix_timeouts")
+            self.effects.condition("no_fix")
+        self.trigger(name)
+
     def _consider(self, fix: Fix) -> None:
         was_moving = self.policy.moving
         trigger = self.policy.consider(fix, force=self._force)
