@@ -11,7 +11,8 @@ from support.sender import fill, synthetic_fix
 
 from tracker import codec
 from tracker.clock import FakeClock
-from tracker.forward import Forwarder, publish_packet_bytes
+from tracker.forward import TIMER, Forwarder, publish_packet_bytes
+from tracker.scheduler import Scheduler
 from tracker.spool import Spool
 
 TOPIC = "dt/tracker/t1/location"
@@ -265,6 +266,28 @@ def test_failure_releases_and_pauses_until_the_clock_allows(spool: Spool) -> Non
     fw.link_up()  # a new connection starts afresh
     assert fw.wake_at() is None
     assert fw.stats().failed == 2
+
+
+def test_the_forwarder_keeps_its_wake_up_booked_with_the_loops_scheduler(spool: Spool) -> None:
+    fill(spool, 50)
+    clock, timers = FakeClock(), Scheduler()
+    pub = ScriptedPublisher()
+    fw = Forwarder(spool, pub, TOPIC, window=1, clock=clock, retry_s=2.0, timers=timers)
+    fw.link_up()
+    fw.pump()
+    assert timers.due(TIMER) == fw.wake_at()  # the PUBACK's give-up time
+    token = pub.log[-1][0]
+    pub.complete(token)
+    fw.on_failed(token)
+    assert timers.due(TIMER) == fw.wake_at() == clock.monotonic() + 2.0
+    timers.run_due(clock.monotonic())
+    assert len(pub.log) == 1  # not due yet: nothing ran
+    clock.advance(2.0)
+    timers.run_due(clock.monotonic())  # the pause is over: the scheduler pumps, nobody else
+    assert len(pub.log) == 2
+    assert timers.due(TIMER) == fw.wake_at() is not None
+    fw.link_down()
+    assert timers.due(TIMER) is None and timers.next_due() is None
 
 
 def test_batch_size_can_change_at_run_time(spool: Spool) -> None:

@@ -216,6 +216,24 @@ def test_low_power_keeps_the_link_until_a_failed_publish_is_sent_again(rig: AppR
     assert rig.app.spool.stats().backlog == 0
 
 
+def test_the_acknowledgement_that_leaves_the_link_idle_closes_it_without_polling(
+    rig: AppRig,
+) -> None:
+    rig.event(LinkUp())
+    rig.record(3)
+    rig.app.link(False)  # low power: close once the broker has everything
+    rig.app.run_due()
+    assert not rig.app.link_closed and rig.unanswered()
+    grace = rig.app.next_deadline()
+    assert grace is not None and grace > rig.clock.monotonic()  # nothing to look at till then
+    rig.uplink.ack_all()
+    rig.drain()
+    assert rig.app.next_deadline() == rig.clock.monotonic()  # the last PUBACK booked the close
+    rig.app.run_due()
+    assert rig.app.link_closed and rig.uplink.stopped
+    assert rig.app.spool.stats().backlog == 0
+
+
 def test_sigterm_with_messages_in_flight_keeps_every_unacknowledged_fix(
     rig: AppRig, tmp_path: Path
 ) -> None:

@@ -2,7 +2,8 @@
 hardware handles. Must not import awsiot, awscrt, serial or hw (`tracker.daemon` builds the parts).
 
 The GPS reader thread, SDK callbacks and signal handlers only post events to the loop's queue;
-nothing else touches state. The loop sleeps until the next event or timer: no polling.
+nothing else touches state. The loop sleeps until the next event or the next deadline of its one
+scheduler, where the device, the link and the forwarder book their own: no polling.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def make_decoder(cfg: Config) -> Decoder:
 
 
 class App:
-    """Owns every piece of state; `handle` one event, `run_due` timers, `run` the blocking loop."""
+    """Owns every piece of state; `handle` one event, `run_due` what is due, `run` the loop."""
 
     def __init__(
         self,
@@ -99,10 +100,9 @@ class App:
         )
         self.thing = cfg.device.thing_name
         self.decoder = make_decoder(cfg)
-        self.scheduler = Scheduler()
-        self.device = Device(cfg.policy, self, self.clock, self.scheduler)
+        self.timers = Scheduler()
+        self.device = Device(cfg.policy, self, self.clock, self.timers)
         self.parts: Parts | None = None
-        self.timers: dict[str, float] = {}
         self.budget = Budget(
             cfg.budget,
             lambda: self.gps_time.now(),
@@ -122,7 +122,6 @@ class App:
         self.battery: dict[str, Any] = {}
         self.temperature_c: float | None = None
         self.stop_reason = ""
-        self._low_power_flushed = False
         self.fixes_seen = 0  # epochs with a valid fix
         self.internal_errors = 0  # bugs caught by `handle`
         self._rollover_said = False  # a date moved by the week-rollover rule was logged
@@ -145,11 +144,10 @@ class App:
         """Connect the hardware and the uplink; start them."""
         self.parts = parts
         now = self.clock.monotonic()
-        self.timers.clear()  # the link shares this table
-        self.timers["condition"] = now + self.cfg.policy.condition_interval_s
-        self.timers["sensors"] = now
+        self.timers.set("condition", now + self.cfg.policy.condition_interval_s, self._condition)
+        self.timers.set("sensors", now, self._read_sensors)
         if self.notifier.watchdog_interval:
-            self.timers["watchdog"] = now
+            self.timers.set("watchdog", now, self._watchdog)
         self.mqtt.attach(parts.uplink)
         if parts.gps is not None:
             parts.gps.start()
@@ -199,44 +197,30 @@ class App:
             self._condition_at = self.clock.monotonic()
 
     def link(self, wanted: bool) -> None:
+        """Asked for exactly when the device goes to low power (False) and leaves it (True)."""
         self.mqtt.want(wanted)
+        # the rest of the change waits for the events already queued (acknowledgements)
+        self.timers.set("low_power", self.clock.monotonic(), self._low_power_changed)
 
-    def _timer_link_close(self, now: float) -> None:
-        self.mqtt.close()
-
-    def _timer_link_open(self, now: float) -> None:
-        self.mqtt.reopen()
+    def _low_power_changed(self) -> None:
+        now = self.clock.monotonic()
+        if self.device.state is State.LOW_POWER:  # acknowledged rows leave the disk before sleeping
+            self.spool.flush()
+            self.budget.save_if_due(force=True)
+        elif "condition" not in self.timers:
+            # overdue from low power: now, unless one went out within the low power period
+            # (a heartbeat wake does not pay for a condition message every time)
+            last = self._condition_at
+            due = now if last is None else last + self.cfg.policy.low_power_condition_s
+            self.timers.set("condition", max(now, due), self._condition)
 
     # ---- the loop -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        deadlines = [*self.timers.values(), self.scheduler.next_due(), self.mqtt.wake_at()]
-        return min((d for d in deadlines if d is not None), default=None)
+        return self.timers.next_due()
 
     def run_due(self) -> None:
-        """Fire every timer whose time has come."""
-        now = self.clock.monotonic()
-        self.scheduler.run_due(now)
-        if "link_close" in self.timers and self.mqtt.idle():
-            self.mqtt.close()
-        wake = self.mqtt.wake_at()
-        if wake is not None and now >= wake:
-            self.mqtt.pump()
-        if self.device.state is State.LOW_POWER:
-            if not self._low_power_flushed:  # acknowledged rows leave the disk before sleeping
-                self.spool.flush()
-                self.budget.save_if_due(force=True)
-                self._low_power_flushed = True
-        else:
-            self._low_power_flushed = False
-            if "condition" not in self.timers:
-                # overdue from low power: now, unless one went out within the low power period
-                # (a heartbeat wake does not pay for a condition message every time)
-                last = self._condition_at
-                due = now if last is None else last + self.cfg.policy.low_power_condition_s
-                self.timers["condition"] = max(now, due)
-        for name, due in list(self.timers.items()):
-            if now >= due:
-                getattr(self, f"_timer_{name}")(now)
+        """Call back every deadline whose time has come."""
+        self.timers.run_due(self.clock.monotonic())
 
     def handle(self, event: ev.Event) -> None:
         """Apply one event to the state; the only place events are consumed.
@@ -323,11 +307,12 @@ class App:
         if force or changed_state or (text != last_text and real_now - last_at >= 2.0):
             self.notifier.status(text)
             self._status_sent = (text, real_now)
-            self.timers.pop("status", None)
+            self.timers.cancel("status")
         elif text != last_text and "status" not in self.timers:
             # held back by the rate limit: make sure it goes out even if nothing else happens
             wait = (2.0 - (real_now - last_at)) * self.cfg.debug.clock_speed
-            self.timers["status"] = self.clock.monotonic() + max(wait, 0.0)
+            due = self.clock.monotonic() + max(wait, 0.0)
+            self.timers.set("status", due, lambda: self.publish_status(force=True))
 
     def run(self) -> None:
         """The blocking loop, until SIGTERM/SIGINT."""
@@ -405,7 +390,7 @@ class App:
             self.parked.reconfigure(new.policy)
             interval = new.policy.condition_interval_s
             if interval != old.policy.condition_interval_s and "condition" in self.timers:
-                self.timers["condition"] = self.clock.monotonic() + interval
+                self.timers.set("condition", self.clock.monotonic() + interval, self._condition)
         self.mqtt.reconfigure(new)
 
     def _on_signal(self, signum: int) -> None:
@@ -449,22 +434,21 @@ class App:
             log.info("configuration reloaded")
         self.notifier.ready()
 
-    def _timer_condition(self, now: float) -> None:
+    def _condition(self) -> None:
+        """The periodic condition message."""
         asleep = self.device.state is State.LOW_POWER
         if asleep and not self.link_up:
             # no link wake-ups just for this: it goes out, overdue, when the device wakes
-            self.timers.pop("condition")
             return
         p = self.cfg.policy
         quiet = asleep or self.device.heartbeat_wake  # parked: the low power period
-        self.timers["condition"] = now + (
-            p.low_power_condition_s if quiet else p.condition_interval_s
-        )
+        period = p.low_power_condition_s if quiet else p.condition_interval_s
+        self.timers.set("condition", self.clock.monotonic() + period, self._condition)
         self.spool.flush()
         self.condition("periodic")
 
-    def _timer_sensors(self, now: float) -> None:
-        self.timers["sensors"] = now + SENSOR_PERIOD_S
+    def _read_sensors(self) -> None:
+        self.timers.set("sensors", self.clock.monotonic() + SENSOR_PERIOD_S, self._read_sensors)
         if self.parts is None:
             return
         b = self.parts.battery.read()
@@ -476,13 +460,10 @@ class App:
             if b.external_power is not None and b.external_power != was_external:
                 self.device.on_external_power(b.external_power)
 
-    def _timer_status(self, now: float) -> None:
-        self.timers.pop("status", None)
-        self.publish_status(force=True)
-
-    def _timer_watchdog(self, now: float) -> None:
+    def _watchdog(self) -> None:
         assert self.notifier.watchdog_interval is not None
-        self.timers["watchdog"] = now + self.notifier.watchdog_interval
+        due = self.clock.monotonic() + self.notifier.watchdog_interval
+        self.timers.set("watchdog", due, self._watchdog)
         self.notifier.watchdog()
 
     def gps_now(self) -> datetime | None:

@@ -7,7 +7,7 @@ Owns the in-flight bookkeeping (publish token -> seqs). Pure with respect to the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -15,6 +15,7 @@ from tracker import codec
 from tracker.budget import MESSAGE_OVERHEAD, Budget, blocks, message_cost
 from tracker.clock import Clock, SystemClock
 from tracker.fix import Record
+from tracker.scheduler import Scheduler
 
 if TYPE_CHECKING:  # the spool module is the only SQLite user; only its type is needed here
     from tracker.spool import Spool
@@ -30,6 +31,7 @@ RELEASED_MEMORY = 100_000  # seqs remembered to count re-sends (bounded; an unde
 # Triggers that go at once even when fixes are held to share a message (`max_delay_s`): the map
 # must show a wake, a start and a stop when they happen.
 URGENT_TRIGGERS = frozenset({"first", "start", "stop", "heartbeat"})
+TIMER = "forward"  # the name of the forwarder's deadline in the loop's scheduler
 
 
 class Publisher(Protocol):
@@ -85,7 +87,9 @@ class Forwarder:
 
     At most `window` messages await a PUBACK, and at most `2 * window` are inside the SDK counting
     the ones given up on, so memory stays flat whatever the backlog on disk. Call `pump()` after
-    every event (a new fix, LinkUp, PubAck, PubFailed) and at `wake_at()`.
+    every event (a new fix, LinkUp, PubAck, PubFailed) and at `wake_at()`: given the loop's
+    scheduler (`timers`), the forwarder keeps `wake_at()` booked there itself, and the scheduler
+    calls `on_wake` (by default `pump`) when it comes.
     """
 
     def __init__(
@@ -103,6 +107,8 @@ class Forwarder:
         max_delay_s: float = 0.0,
         batch_version: int = 1,
         budget: Budget | None = None,
+        timers: Scheduler | None = None,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         if not topic or any(c in topic for c in "+#\0"):
             raise ValueError(f"invalid topic {topic!r}")
@@ -130,6 +136,8 @@ class Forwarder:
         self.max_delay_s = max_delay_s
         self.batch_version = batch_version
         self._budget = budget
+        self._timers = timers
+        self._on_wake = on_wake or self.pump
         # Fixes recorded but held to share a message go by this monotonic time (None: nothing
         # held, or a backlog from before the start, which is due at once)
         self._due: float | None = None
@@ -176,6 +184,7 @@ class Forwarder:
         self._linked = True
         self._failures = 0
         self._hold_until = None
+        self._book()
 
     def recorded(self, trigger: str) -> None:
         """A fix went into the spool: it waits up to `max_delay_s` to share a message with the
@@ -186,11 +195,13 @@ class Forwarder:
                 self._due = now
         elif self._due is None:
             self._due = now + self.max_delay_s
+        self._book()
 
     def flush(self) -> None:
         """Send what is held now (going to low power; shutting down), budget permitting."""
         if not self._budget_hold:
             self._due = self._clock.monotonic()
+        self._book()
 
     def holding(self) -> bool:
         """Fixes are held on purpose (to share a message, or for the day's allowance)."""
@@ -206,6 +217,7 @@ class Forwarder:
         if self._linked:
             self._connected += self._clock.monotonic() - self._up_since
         self._linked = False
+        self._book()
 
     def release_in_flight(self) -> None:
         """The client is about to be stopped (low power, shutdown): it will fail what it holds.
@@ -216,6 +228,7 @@ class Forwarder:
             self._orphans[token] = msg.seqs
             self._remember_released(msg.seqs)
         self._inflight.clear()
+        self._book()
 
     def on_puback(self, token: int) -> None:
         """The broker has the message: its records leave the spool."""
@@ -226,8 +239,8 @@ class Forwarder:
             self._n["messages_acked"] += 1
             self._n["fixes_acked"] += len(msg.seqs)
             self._failures = 0
-            return
-        if self._orphans.pop(token, None) is not None:
+            self._book()
+        elif self._orphans.pop(token, None) is not None:
             # Delivered after all, once given up on. Its records were released and go again (a
             # duplicate, never a loss): they may already be in a newer message in flight.
             self._n["late_acks"] += 1
@@ -245,6 +258,7 @@ class Forwarder:
         base, cap = self._retry
         delay = min(cap, base * 2 ** min(self._failures - 1, 30))
         self._hold_until = self._clock.monotonic() + delay
+        self._book()
 
     def wake_at(self) -> float | None:
         """When `pump()` must run (monotonic time): to resend after a failure pause, or to give
@@ -264,8 +278,11 @@ class Forwarder:
 
     def pump(self) -> None:
         """Fill the window: the newest unsent fix first as a live message, then the backlog."""
-        if not self._linked:
-            return
+        if self._linked:
+            self._fill()
+            self._book()
+
+    def _fill(self) -> None:
         self._give_up_overdue()
         if self._hold_until is not None:
             if self._clock.monotonic() < self._hold_until:
@@ -291,6 +308,16 @@ class Forwarder:
         )
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _book(self) -> None:
+        """Keep the loop's scheduler (if any) booked for `wake_at()`."""
+        if self._timers is None:
+            return
+        wake = self.wake_at()
+        if wake is None:
+            self._timers.cancel(TIMER)
+        else:
+            self._timers.set(TIMER, wake, self._on_wake)
 
     def _connected_now(self) -> float:
         """Seconds spent connected since start: the clock PUBACK deadlines run on."""

@@ -1,5 +1,6 @@
 """Everything the daemon's loop sends and receives over MQTT: the forwarder, control messages
-(conditions, shadow), link up/down and closing the link in low power. Must not import awsiot or
+(conditions, shadow), link up/down and closing the link in low power. Its deadlines (closing,
+reopening, the forwarder's) are booked with the loop's scheduler. Must not import awsiot or
 awscrt (the uplink is passed in), serial or hw.
 """
 
@@ -15,6 +16,7 @@ from tracker.clock import Clock
 from tracker.config import Config
 from tracker.errors import TrackerError
 from tracker.forward import Forwarder, publish_packet_bytes
+from tracker.scheduler import Scheduler
 from tracker.shadow import ShadowSync
 from tracker.spool import Spool
 
@@ -31,6 +33,8 @@ WAKE_CONTROL_BYTES = 2_500  # shadow report + get + a condition message, with th
 LINK_BUDGET_RECHECK_S = 3600.0  # a link kept closed by the budget looks again this often
 ACK_TIMEOUT_ERROR = "AWS_ERROR_MQTT_TIMEOUT"  # the SDK failed a publish: no PUBACK in time
 LINK_RESTART_MIN_S = 60.0  # a link taken as dead (no PUBACK) is restarted at most this often
+# the link's deadlines in the loop's scheduler
+CLOSE, CLOSE_IDLE, REOPEN = "link_close", "link_close_idle", "link_open"
 
 
 class Publisher(Protocol):
@@ -41,10 +45,8 @@ class Publisher(Protocol):
 
 
 class Link:
-    """The loop's side of the MQTT link; every method runs on the loop.
-
-    `timers` is the loop's timer table: the link sets and clears "link_close" in it, and the loop
-    calls `close` when that is due (or earlier, once `idle`)."""
+    """The loop's side of the MQTT link; every method runs on the loop, and so do the callbacks
+    it books with the loop's scheduler (`timers`)."""
 
     def __init__(
         self,
@@ -53,7 +55,7 @@ class Link:
         shadow: ShadowSync,
         spool: Spool,
         clock: Clock,
-        timers: dict[str, float],
+        timers: Scheduler,
         on_config: Callable[[Config], None],
         budget: Budget | None = None,
     ) -> None:
@@ -94,6 +96,8 @@ class Link:
             max_delay_s=self.cfg.policy.max_delay_s,
             batch_version=2 if self.cfg.aws.compress else 1,
             budget=self.budget,
+            timers=self.timers,
+            on_wake=self.pump,
         )
         for topic in self.shadow.topics():
             uplink.subscribe(topic)
@@ -169,12 +173,10 @@ class Link:
         self.pump()
 
     def pump(self) -> None:
+        """Let the forwarder send what may go now (also its scheduled wake-up)."""
         if self.up and self.forwarder is not None:
             self.forwarder.pump()
-
-    def wake_at(self) -> float | None:
-        """When the forwarder next wants to run (a resend), or None."""
-        return self.forwarder.wake_at() if self.forwarder and self.up else None
+        self._close_once_idle()
 
     # ---- events -------------------------------------------------------------------------------
     def on_puback(self, token: int) -> None:
@@ -204,6 +206,7 @@ class Link:
             self.forwarder.on_failed(token)
         if reason.startswith(ACK_TIMEOUT_ERROR):
             self._restart_dead_link()
+        self._close_once_idle()
 
     def _restart_dead_link(self) -> None:
         """A PUBACK that never came on a link that looks up: with a long keep-alive the link
@@ -225,7 +228,7 @@ class Link:
         except TrackerError as exc:
             log.error("cannot open the link: %s; trying again in %.0f s", exc, LINK_REOPEN_S)
             self.closed = True
-            self.timers["link_open"] = now + LINK_REOPEN_S
+            self.timers.set(REOPEN, now + LINK_REOPEN_S, self.reopen)
 
     def on_subscribe_refused(self, topic: str, reason: str) -> None:
         log.error(
@@ -256,7 +259,7 @@ class Link:
             self.budget.link(up)
         if up and self.close_when_up is not None:
             self.close_when_up = None
-            self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
+            self.timers.set(CLOSE, self.clock.monotonic() + LINK_CLOSE_GRACE_S, self.close)
         if up:
             self.forwarder.link_up()
             self.publish(self.shadow.on_connected())
@@ -270,6 +273,7 @@ class Link:
             self.control_tokens.clear()
             self.shadow.on_disconnected()
             self.forwarder.link_down()
+            self._close_once_idle()
 
     def _still_down(self, reason: str, fatal: bool) -> None:
         """Another failed attempt while down: said when the reason changes, else now and then,
@@ -309,7 +313,8 @@ class Link:
         if self.uplink is None or not self.cfg.power.close_link:
             return
         if wanted:
-            self.timers.pop("link_close", None)
+            self.timers.cancel(CLOSE)
+            self.timers.cancel(CLOSE_IDLE)
             self.close_when_up = None
             if self.closed:
                 self.reopen()
@@ -317,25 +322,27 @@ class Link:
             if self.forwarder is not None:
                 self.forwarder.flush()  # nothing held back for a message that would come later
                 self.pump()
-            self.timers["link_close"] = self.clock.monotonic() + LINK_CLOSE_GRACE_S
+            self.timers.set(CLOSE, self.clock.monotonic() + LINK_CLOSE_GRACE_S, self.close)
+            self._close_once_idle()
 
     def reopen(self) -> None:
         """Open the link closed for low power; a failure (a credential file unreadable just
         now) is retried every LINK_REOPEN_S while the device stays awake."""
-        self.timers.pop("link_open", None)
+        self.timers.cancel(REOPEN)
         if self.uplink is None or not self.closed or not self.wanted:
             return
         wait = 0.0 if self.budget is None else self.budget.wait_s(self._wake_cost())
         if wait > 0:  # the day's allowance cannot pay for a connection yet: fixes wait
             log.info("budget: link opens in %.0f s", min(wait, LINK_BUDGET_RECHECK_S))
-            self.timers["link_open"] = self.clock.monotonic() + min(wait, LINK_BUDGET_RECHECK_S)
+            retry = self.clock.monotonic() + min(wait, LINK_BUDGET_RECHECK_S)
+            self.timers.set(REOPEN, retry, self.reopen)
             return
         log.info("opening the link again")
         try:
             self.uplink.start()
         except TrackerError as exc:
             log.error("cannot open the link: %s; trying again in %.0f s", exc, LINK_REOPEN_S)
-            self.timers["link_open"] = self.clock.monotonic() + LINK_REOPEN_S
+            self.timers.set(REOPEN, self.clock.monotonic() + LINK_REOPEN_S, self.reopen)
             return
         self.closed = False
 
@@ -369,8 +376,20 @@ class Link:
         waiting = self.forwarder is not None and self.forwarder.budget_holding()
         return not self.control_tokens and not busy and (self.spool.stats().backlog == 0 or waiting)
 
+    def _close_once_idle(self) -> None:
+        """While a close waits (`want(False)`), the link closes as soon as it is idle: at once
+        when the scheduler runs next, after the events already queued."""
+        if CLOSE in self.timers and self.idle():
+            self.timers.set(CLOSE_IDLE, self.clock.monotonic(), self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if CLOSE in self.timers and self.idle():
+            self.close()
+
     def close(self) -> None:
-        self.timers.pop("link_close", None)
+        """Close the link for low power (booked by `want(False)`)."""
+        self.timers.cancel(CLOSE)
+        self.timers.cancel(CLOSE_IDLE)
         if self.uplink is None or self.closed:
             return
         now = self.clock.monotonic()
@@ -379,7 +398,7 @@ class Link:
             if self.close_when_up is None:
                 self.close_when_up = now + LINK_CONNECT_WAIT_S
             if now < self.close_when_up:
-                self.timers["link_close"] = self.close_when_up
+                self.timers.set(CLOSE, self.close_when_up, self.close)
                 return
         self.close_when_up = None
         self.closed = True
