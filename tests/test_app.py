@@ -235,6 +235,28 @@ def test_a_shadow_delta_changes_the_policy_without_a_restart(harness: Harness) -
     again.spool.close()
 
 
+def test_a_shadow_delta_is_said_once_and_a_stranger_topic_is_ignored(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.event(LinkUp())
+    caplog.set_level(logging.DEBUG, logger="tracker")
+    caplog.clear()
+    delta = {"version": 7, "state": {"policy": {"distance_m": 40, "min_sats": 99}}}
+    harness.event(Inbound(f"$aws/things/{THING}/shadow/update/delta", json.dumps(delta).encode()))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [m.split(":")[0] for m in said] == [
+        "remote settings applied (shadow version 7)",
+        "remote settings refused",
+    ]
+    before, sent = harness.app.cfg, len(harness.uplink.sent)
+    caplog.clear()
+    harness.event(Inbound("$aws/things/other/shadow/update/delta", json.dumps(delta).encode()))
+    assert harness.app.cfg == before and len(harness.uplink.sent) == sent
+    assert [r.getMessage() for r in caplog.records] == [
+        "message on unexpected topic $aws/things/other/shadow/update/delta ignored"
+    ]
+
+
 def test_a_malicious_shadow_document_changes_nothing(harness: Harness) -> None:
     harness.event(LinkUp())
     before = harness.app.cfg

@@ -110,10 +110,7 @@ class App:
             budget_path(cfg.spool.path),
             keepalive_s=cfg.aws.keepalive_s,
         )
-        self.mqtt = Link(
-            cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.apply_config,
-            self.budget,
-        )  # fmt: skip
+        self.mqtt = Link(cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.budget)
         self.gps_wanted_on = True
         self.gps_port_up = False
         self.last_epoch: Epoch | None = None
@@ -267,7 +264,9 @@ class App:
         elif isinstance(event, ev.SubscribeRefused):
             self.mqtt.on_subscribe_refused(event.topic, event.reason)
         elif isinstance(event, ev.Inbound):
-            self.mqtt.on_inbound(event.topic, event.payload)
+            new = self.mqtt.on_inbound(event.topic, event.payload)
+            if new is not None:  # remote settings (the shadow has logged them)
+                self.apply_config(new)
 
     def step(self, max_wait: float | None = None) -> None:
         """Wait for one event or the next timer, handle it, fire due timers."""

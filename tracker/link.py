@@ -7,7 +7,6 @@ awscrt (the uplink is passed in), serial or hw.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from tracker import codec
@@ -56,7 +55,6 @@ class Link:
         spool: Spool,
         clock: Clock,
         timers: Scheduler,
-        on_config: Callable[[Config], None],
         budget: Budget | None = None,
     ) -> None:
         self.cfg = cfg
@@ -66,7 +64,6 @@ class Link:
         self.spool = spool
         self.clock = clock
         self.timers = timers
-        self.on_config = on_config
         self.uplink: Publisher | None = None
         self.forwarder: Forwarder | None = None
         self.up = False
@@ -296,14 +293,12 @@ class Link:
             bound,
         )
 
-    def on_inbound(self, topic: str, payload: bytes) -> None:
-        if not topic.startswith(self.shadow.prefix + "/"):
-            log.debug("message on unexpected topic %s ignored", topic)
-            return
+    def on_inbound(self, topic: str, payload: bytes) -> Config | None:
+        """A message on a subscribed topic (the shadow's): its replies go out; returns the new
+        config to apply, if it brings one (the shadow has logged what it applied and refused)."""
         result = self.shadow.on_message(topic, payload)
         self.publish(result.publish)
-        if result.config is not None:  # the shadow has said what it applied and refused
-            self.on_config(result.config)
+        return result.config
 
     # ---- low power ----------------------------------------------------------------------------
     def want(self, wanted: bool) -> None:

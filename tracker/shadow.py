@@ -247,6 +247,7 @@ class ShadowSync:
     def on_message(self, topic: str, payload: bytes) -> ShadowResult:
         """Handle one inbound message; never raises, whatever the payload."""
         if not topic.startswith(self.prefix + "/") or topic[len(self.prefix) + 1 :] not in TOPICS:
+            log.debug("message on unexpected topic %s ignored", topic)
             return ShadowResult(ignored="not one of this shadow's topics")
         kind = topic[len(self.prefix) + 1 :]
         try:
