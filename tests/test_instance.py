@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.daemon import daemon_config
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
+from benchkit.broker import Broker
+from benchkit.daemon import daemon_config
+from benchkit.fake_gps import FakeGps
 
-from hw.pty import FakeGps
 from tracker.errors import TrackerError
 from tracker.instance import InstanceLock, lock_path, running_pid
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import serial
+from benchkit.fake_gps import FakeGps
 
 from hw.protocol_replay import split_recording
-from hw.pty import FakeGps
 
 DATA = Path(__file__).parent / "data" / "nmea"
 

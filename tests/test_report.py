@@ -1,4 +1,4 @@
-"""Unit tests of tracker.report and tracker.report_svg: gaps, duplicates, state time, GPX/GeoJSON
+"""Unit tests of benchkit.report and benchkit.report_svg: gaps, duplicates, state time, GPX/GeoJSON
 and SVG validity."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import json
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
-from tracker import codec, report, report_svg
+from benchkit import report, report_svg
+from benchkit.report import Fault, Message, Point, Status
+
+from tracker import codec
 from tracker.fix import Fix, Record
 from tracker.forward import publish_packet_bytes
-from tracker.report import Fault, Message, Point, Status
 
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
 TOPIC = "dt/tracker/bench-1/location"

@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from benchkit.pki import Pki
 from serial.serialutil import SerialException
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
 
 from hw import protocol_gpsd, protocol_replay
 from tracker import check, cli, config, credentials, provision, replay, shadow

@@ -1,6 +1,6 @@
 """The bench's report: summary, seq gaps and duplicates, GPX/GeoJSON of the received track (the
-SVG pictures are `tracker.report_svg`). Pure functions of what was received; standard library and
-`tracker.codec`/`tracker.fix` only, no I/O but the caller's.
+SVG pictures are `benchkit.report_svg`). Pure functions of what was received; standard library and
+the tracker's codec, fix and PUBLISH size (`tracker.forward`) only, no I/O but the caller's.
 """
 
 from __future__ import annotations
