@@ -10,7 +10,6 @@ import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from awscrt import mqtt5
@@ -19,6 +18,7 @@ from awsiot import mqtt5_client_builder
 from tracker.config import THING_NAME_RE, AwsConfig
 from tracker.errors import UplinkError
 from tracker.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed, SubscribeRefused
+from tracker.files import read_file
 
 MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit, Basic Ingest prefix included
 # PUBACK reason codes that mean the broker has the message; any other (or none) is a failure
@@ -46,15 +46,7 @@ def check_topic(topic: str) -> None:
 
 def _check_pem(key: str, path: str, marker: bytes) -> None:
     """Fail early, naming the config key, on a missing, unreadable or non-PEM file."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise UplinkError(f"[aws] {key} file {path} does not exist") from None
-    except PermissionError:
-        raise UplinkError(f"[aws] {key} file {path} is not readable by this user") from None
-    except OSError as exc:
-        raise UplinkError(f"[aws] {key} file {path} cannot be read: {exc.strerror}") from exc
+    data = read_file(path, f"[aws] {key} file", UplinkError)
     if b"-----BEGIN " not in data or marker not in data:
         raise UplinkError(f"[aws] {key} file {path} is not a PEM {marker.decode().strip('- ')}")
 
