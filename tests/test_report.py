@@ -1,4 +1,4 @@
-"""Unit tests of benchkit.report and benchkit.report_svg: gaps, duplicates, state time, GPX/GeoJSON
+"""Unit tests of benchkit.report and benchkit.report_svg: gaps, duplicates, state time, GeoJSON
 and SVG validity."""
 
 from __future__ import annotations
@@ -154,16 +154,6 @@ def test_summary_reports_a_lost_fix_as_a_gap() -> None:
     json.loads(report.dumps(s))
     text = report.format_summary(s)
     assert "3, 5" in text and "1 duplicates" in text
-
-
-def test_gpx_is_valid_xml_with_one_point_per_fix() -> None:
-    pts = [Point(i, fix(i), "a<b", 0.0) for i in range(3)]
-    root = ET.fromstring(report.to_gpx(pts))
-    ns = {"g": "http://www.topografix.com/GPX/1/1"}
-    trkpts = root.findall(".//g:trkpt", ns)
-    assert len(trkpts) == 3
-    assert float(trkpts[1].attrib["lat"]) == round(fix(1).lat, 7)
-    assert trkpts[0].findtext("g:time", namespaces=ns) == "2005-09-25T23:52:34Z"
 
 
 def test_geojson_has_a_linestring_and_points_in_lon_lat_order() -> None:
