@@ -51,6 +51,47 @@ def _check_pem(key: str, path: str, marker: bytes) -> None:
         raise UplinkError(f"[aws] {key} file {path} is not a PEM {marker.decode().strip('- ')}")
 
 
+def mtls_client(
+    aws: AwsConfig, client_id: str, reconnect_ms: tuple[int, int], **options: Any
+) -> Any:
+    """A new (not started) MQTT 5 client with what the tracker's two clients (this uplink and the
+    collector's link) share: the credential files checked first, mutual TLS to the endpoint and
+    port, the keep-alive and its ping timeout, full-jitter reconnects between `reconnect_ms`, no
+    metrics. `options` are the builder's other arguments: session, queue, flow control, callbacks.
+    UplinkError names the file or the mismatch."""
+    _check_pem("cert", aws.cert, b"CERTIFICATE-----")
+    _check_pem("key", aws.key, b"PRIVATE KEY-----")
+    _check_pem("ca", aws.ca, b"CERTIFICATE-----")
+    try:
+        return mqtt5_client_builder.mtls_from_path(
+            cert_filepath=aws.cert,
+            pri_key_filepath=aws.key,
+            ca_filepath=aws.ca,
+            endpoint=aws.endpoint,
+            port=aws.port,  # without it the builder picks 443 + ALPN
+            client_id=client_id,
+            keep_alive_interval_sec=aws.keepalive_s,
+            ping_timeout_ms=min(PING_TIMEOUT_MS, (aws.keepalive_s - 1) * 1000),
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+            min_reconnect_delay_ms=reconnect_ms[0],
+            max_reconnect_delay_ms=reconnect_ms[1],
+            enable_metrics_collection=False,
+            **options,
+        )
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise UplinkError(
+            f"[aws] key {aws.key} does not match cert {aws.cert}, or cert/key/ca "
+            f"{aws.ca} holds no valid PEM data ({describe(exc)})"
+        ) from exc
+
+
+def stop_client(client: Any, stopped: threading.Event, timeout: float) -> None:
+    """Stop an SDK client (None: nothing to stop) and wait up to `timeout` for it to say so."""
+    if client is not None:
+        client.stop()
+        stopped.wait(timeout)
+
+
 def describe(exc: BaseException | None) -> str:
     """One line for an SDK error: its CRT name when it has one."""
     if exc is None:
@@ -124,9 +165,6 @@ class Uplink:
         if self._client is not None:
             return
         aws = self._aws
-        _check_pem("cert", aws.cert, b"CERTIFICATE-----")
-        _check_pem("key", aws.key, b"PRIVATE KEY-----")
-        _check_pem("ca", aws.ca, b"CERTIFICATE-----")
         flow = (
             mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
             if aws.flow_control
@@ -140,42 +178,27 @@ class Uplink:
         with self._gen_lock:
             self._gen += 1
             gen = self._gen
-        try:
-            client = mqtt5_client_builder.mtls_from_path(
-                cert_filepath=aws.cert,
-                pri_key_filepath=aws.key,
-                ca_filepath=aws.ca,
-                endpoint=aws.endpoint,
-                port=aws.port,  # without it the builder picks 443 + ALPN
-                client_id=self._thing,
-                keep_alive_interval_sec=aws.keepalive_s,
-                ping_timeout_ms=min(PING_TIMEOUT_MS, (aws.keepalive_s - 1) * 1000),
-                # a PUBACK that never comes on a live connection must not hold a window slot
-                # forever: the publish fails, its fixes go back to the spool and out again
-                ack_timeout_sec=ACK_TIMEOUT_S,
-                session_behavior=session,
-                # QoS 1 publishes survive a lost connection and go again after reconnecting (the
-                # forwarder relies on it: it does not resend what is in flight on LinkDown)
-                offline_queue_behavior=(
-                    mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT
-                ),
-                session_expiry_interval_sec=aws.session_expiry_s or None,
-                extended_validation_and_flow_control_options=flow,
-                retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-                min_reconnect_delay_ms=self._reconnect_ms[0],
-                max_reconnect_delay_ms=self._reconnect_ms[1],
-                enable_metrics_collection=False,
-                on_publish_received=self._on_publish_received,
-                on_lifecycle_connection_success=self._current(gen, self._on_connection_success),
-                on_lifecycle_connection_failure=self._current(gen, self._on_connection_failure),
-                on_lifecycle_disconnection=self._current(gen, self._on_disconnection),
-                on_lifecycle_stopped=self._current(gen, self._on_stopped),
-            )
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:
-            raise UplinkError(
-                f"[aws] key {aws.key} does not match cert {aws.cert}, or cert/key/ca "
-                f"{aws.ca} holds no valid PEM data ({describe(exc)})"
-            ) from exc
+        client = mtls_client(
+            aws,
+            self._thing,
+            self._reconnect_ms,
+            # a PUBACK that never comes on a live connection must not hold a window slot
+            # forever: the publish fails, its fixes go back to the spool and out again
+            ack_timeout_sec=ACK_TIMEOUT_S,
+            session_behavior=session,
+            # QoS 1 publishes survive a lost connection and go again after reconnecting (the
+            # forwarder relies on it: it does not resend what is in flight on LinkDown)
+            offline_queue_behavior=(
+                mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT
+            ),
+            session_expiry_interval_sec=aws.session_expiry_s or None,
+            extended_validation_and_flow_control_options=flow,
+            on_publish_received=self._on_publish_received,
+            on_lifecycle_connection_success=self._current(gen, self._on_connection_success),
+            on_lifecycle_connection_failure=self._current(gen, self._on_connection_failure),
+            on_lifecycle_disconnection=self._current(gen, self._on_disconnection),
+            on_lifecycle_stopped=self._current(gen, self._on_stopped),
+        )
         self._stopped.clear()
         self._client = client
         client.start()
@@ -208,10 +231,7 @@ class Uplink:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect and let go of the client; pending publishes fail (PubFailed)."""
         client, self._client = self._client, None
-        if client is None:
-            return
-        client.stop()
-        self._stopped.wait(timeout)
+        stop_client(client, self._stopped, timeout)
 
     # SDK callbacks: they run on the SDK's event-loop thread; build an event and post it.
 
