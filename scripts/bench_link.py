@@ -51,12 +51,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in map(str, (REPO, REPO / "scripts")) if p not in sys.path]
 
-from hw.power import nmea_checksum  # noqa: E402
 from tracker import codec  # noqa: E402
 from tracker.config import AwsConfig  # noqa: E402
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 from tracker.errors import CodecError  # noqa: E402
 from tracker.fix import Fix  # noqa: E402
+from tracker.nmea import frame  # noqa: E402
 
 RECORDING = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
 THING = "bench-tracker-1"
@@ -165,7 +165,7 @@ def nmea(points: list[Point]) -> bytes:
             f"GPRMC,{hms},A,{lat},{ns},{lon},{ew},{knots:.2f},{p.course:.1f},{dmy},,,A",
             f"GPGGA,{hms},{lat},{ns},{lon},{ew},1,09,0.9,{p.alt:.1f},M,0.0,M,,",
         ):
-            out.append(f"${body}*{nmea_checksum(body)}\r\n")
+            out.append(frame(body).decode())
     return "".join(out).encode()
 
 
