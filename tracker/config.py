@@ -2,7 +2,8 @@
 
 Every key has a type, bounds and a doc string (field metadata), so validation, the README reference
 and remote (shadow) settings share one table. Precedence: command line > environment > file >
-defaults. Standard library only; must not import the SDK or serial.
+defaults. Standard library and the codec's message size limit only; must not import the SDK or
+serial.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from tracker.codec import MAX_PAYLOAD
 from tracker.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,7 +29,7 @@ else:  # pragma: no cover - Python 3.10
 
 THING_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit for a topic name
+MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit for a topic name, Basic Ingest prefix included
 MAX_TOPIC_SLASHES = 7  # AWS IoT Core's limit, not counting Basic Ingest's $aws/rules/RULE/
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 RULE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
@@ -87,7 +89,7 @@ class AwsConfig:
         "", "publish through $aws/rules/RULE/... (no messaging charge)"
     )
     batch_bytes: int = setting(
-        5120, "largest backlog message", lo=512, hi=131072, unit="bytes", remote=True
+        5120, "largest backlog message", lo=512, hi=MAX_PAYLOAD, unit="bytes", remote=True
     )
     window: int = setting(
         8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker import __version__
+from tracker.codec import MAX_PAYLOAD
 from tracker.config import THING_NAME_RE, Config
 from tracker.errors import ConfigError
 from tracker.settings_store import (
@@ -35,7 +36,6 @@ from tracker.settings_store import (
 log = logging.getLogger("tracker.shadow")
 
 SHADOW_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,64}")
-MAX_INBOUND = 128 * 1024  # AWS IoT Core's message size limit; anything bigger is not the shadow
 MAX_DEPTH = 32  # the shadow service allows 8 levels of state; metadata and wrappers add a few
 REPORT_LIMIT = 8 * 1024  # the shadow service's limit for one state document
 MAX_ERRORS = 10  # config_errors entries reported; one more line says how many were left out
@@ -75,8 +75,8 @@ def _reject_constant(name: str) -> Any:
 
 def parse(payload: bytes) -> dict[str, Any]:
     """A shadow message as a JSON object; ValueError for anything else (never another error)."""
-    if len(payload) > MAX_INBOUND:
-        raise ValueError(f"{len(payload)} bytes is more than the {MAX_INBOUND} a message can be")
+    if len(payload) > MAX_PAYLOAD:  # anything bigger is not the shadow
+        raise ValueError(f"{len(payload)} bytes is more than the {MAX_PAYLOAD} a message can be")
     try:
         doc = json.loads(payload, parse_constant=_reject_constant)
     except RecursionError:

@@ -15,12 +15,11 @@ from typing import Any
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from tracker.config import THING_NAME_RE, AwsConfig
+from tracker.config import MAX_TOPIC_BYTES, THING_NAME_RE, AwsConfig
 from tracker.errors import UplinkError
 from tracker.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed, SubscribeRefused
 from tracker.files import read_file
 
-MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit, Basic Ingest prefix included
 # PUBACK reason codes that mean the broker has the message; any other (or none) is a failure
 _PUBACK_OK = {0x00, 0x10}  # SUCCESS, NO_MATCHING_SUBSCRIBERS
 PING_TIMEOUT_MS = 30_000
