@@ -441,11 +441,33 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"[gps] date_floor {cfg.gps.date_floor!r} is not a date: use YYYY-MM-DD"
             ) from None
-    p = cfg.policy
+    for _, why in pair_problems(cfg.policy):
+        raise ConfigError(why)
+
+
+def pair_problems(p: PolicyConfig) -> list[tuple[frozenset[str], str]]:
+    """The rules between two [policy] keys that the config file and a remote change both keep:
+    (the "section.key" names involved, why). A remote change adds rules of its own
+    (`settings_store.silencing_problems`)."""
+    out = []
     if p.min_interval_s > p.max_interval_s:
-        raise ConfigError("[policy] min_interval_s must not exceed max_interval_s")
+        out.append(
+            (
+                frozenset({"policy.min_interval_s", "policy.max_interval_s"}),
+                f"[policy] min_interval_s must not exceed max_interval_s "
+                f"({_toml(p.min_interval_s)} s > {_toml(p.max_interval_s)} s)",
+            )
+        )
     if p.battery_ok_pct < p.battery_low_pct:
-        raise ConfigError("[policy] battery_ok_pct must be at least battery_low_pct")
+        out.append(
+            (
+                frozenset({"policy.battery_ok_pct", "policy.battery_low_pct"}),
+                f"[policy] battery_ok_pct must be at least battery_low_pct "
+                f"({_toml(p.battery_ok_pct)} % < {_toml(p.battery_low_pct)} %): "
+                "low power would never end",
+            )
+        )
+    return out
 
 
 def load(
