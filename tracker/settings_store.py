@@ -262,6 +262,18 @@ def evaluate(cfg: Config, desired: Any) -> Change:
 # ---- persistence -------------------------------------------------------------------------------
 
 
+def apply_saved(
+    cfg: Config, store_path: str | os.PathLike[str]
+) -> tuple[Config, dict[str, dict[str, Any]]]:
+    """The config in force, at start and on reload: the file's `cfg` with the saved remote
+    settings that still pass applied on top (each one refused is logged); and those settings."""
+    remote = load_persisted(store_path)
+    change = evaluate(cfg, remote)
+    for path, why in change.rejected.items():
+        log.warning("saved remote setting %s not applied: %s", path, why)
+    return change.config, remote
+
+
 def default_store_path(cfg: Config) -> Path:
     """Where the remote settings live: next to the spool, on the same persistent filesystem."""
     return Path(cfg.spool.path).parent / STORE_NAME

@@ -25,10 +25,10 @@ from tracker.codec import MAX_PAYLOAD
 from tracker.config import THING_NAME_RE, Config
 from tracker.errors import ConfigError
 from tracker.settings_store import (
+    apply_saved,
     clip,
     evaluate,
     in_force,
-    load_persisted,
     printable,
     save_persisted,
 )
@@ -198,11 +198,8 @@ class ShadowSync:
         self.prefix = shadow_prefix(thing_name, shadow_name)
         self.store_path = Path(store_path)
         self.software = software
-        self._remote = load_persisted(self.store_path)  # {section: {key: value}} set remotely
-        change = evaluate(cfg, self._remote)
-        for path, why in change.rejected.items():
-            log.warning("saved remote setting %s not applied: %s", path, why)
-        self.config = change.config
+        # the config in force, and the settings set remotely so far ({section: {key: value}})
+        self.config, self._remote = apply_saved(cfg, self.store_path)
         self._errors: dict[str, str] = {}  # refusals of the last desired state looked at
         self._version: int | None = None  # highest shadow version acted on this connection
         self._get_token: str | None = None
