@@ -1,7 +1,8 @@
 """One tracker per spool: an exclusive lock beside the spool file, held for the process's life.
 
 Two daemons on one board kick each other off the broker (same client id), split the GPS bytes
-and write one spool; the second is refused with the first one's pid. Standard library only.
+and write one spool; the second is refused with the first one's pid. Standard library and
+`tracker.files` (the lock file) only.
 """
 
 from __future__ import annotations

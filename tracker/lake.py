@@ -7,7 +7,7 @@
 Files are append-only JSON lines; a line counts only once its newline is there (a torn last line
 from a power cut is skipped by every reader). `LakeWriter` owns writing (one collector at a time,
 enforced by a lock file); `read_fixes` serves `tracker export` and `tracker gaps`.
-Standard library and tracker.fix only.
+Standard library and `tracker.errors`, `tracker.files` and `tracker.fix` only.
 """
 
 from __future__ import annotations

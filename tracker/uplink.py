@@ -1,7 +1,9 @@
 """The MQTT 5 connection to AWS IoT Core: mutual TLS, QoS 1 publishes, lifecycle -> events.
 
-The only module that imports awsiot/awscrt. SDK callbacks only build an event and call `post`;
-they never block and never touch the spool or the state machine.
+Owns the AWS SDK's MQTT client; besides it only `tracker.collect_link` (the collector's client,
+built with `mtls_client`) and `tracker.identity` (fleet provisioning) import the SDK, as
+tests/test_boundaries.py checks. SDK callbacks only build an event and call `post`; they never
+block and never touch the spool or the state machine.
 """
 
 from __future__ import annotations
