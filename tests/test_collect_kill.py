@@ -18,7 +18,7 @@ import pytest
 from benchkit.broker import Broker
 from benchkit.collector import Collector
 from benchkit.pki import Pki
-from support.sender import start_child
+from support.sender import child_config, start_child
 
 from tracker.spool import Spool
 
@@ -49,16 +49,7 @@ def test_collector_killed_at_random_moments_keeps_every_seq_exactly_once(
     thing = pki.thing_name
     lake = tmp_path / "lake"
     collector = Collector(broker, lake, tmp_path / "collect")
-    aws = broker.aws_config()
-    cfg: dict[str, object] = {
-        "aws": {
-            k: getattr(aws, k) for k in ("endpoint", "port", "cert", "key", "ca", "flow_control")
-        },
-        "thing": thing,
-        "spool": str(tmp_path / "spool.db"),
-        "period_s": 0.003,
-        "max_s": 120,
-    }
+    cfg = child_config(broker.aws_config(), thing, tmp_path / "spool.db", period_s=0.003, max_s=120)
     rng = random.Random(20261130)
     kills = mid_write = 0
     sender = None

@@ -17,7 +17,7 @@ from benchkit.broker import Broker
 from benchkit.fixes import fill
 from benchkit.pki import Identity, Pki
 from benchkit.subscriber import Subscriber
-from support.sender import ForwardLoop, start_child
+from support.sender import ForwardLoop, child_config, start_child
 
 from tracker.config import AwsConfig
 from tracker.errors import UplinkError
@@ -169,15 +169,7 @@ def test_long_outage_backlog_of_thousands_drains_in_batches(
 def test_tracker_killed_at_random_moments_loses_nothing(
     broker: Broker, subscriber: Subscriber, tmp_path: Path
 ) -> None:
-    aws = broker.aws_config()
-    cfg: dict[str, object] = {
-        "aws": {
-            k: getattr(aws, k) for k in ("endpoint", "port", "cert", "key", "ca", "flow_control")
-        },
-        "thing": THING,
-        "spool": str(tmp_path / "spool.db"),
-        "period_s": 0.004,
-    }
+    cfg = child_config(broker.aws_config(), THING, tmp_path / "spool.db", period_s=0.004)
     rng = random.Random(20261126)
     kills = mid_stream = 0
     for i in range(24):

@@ -162,6 +162,17 @@ def main(argv: list[str]) -> int:
     return 1
 
 
+def child_config(aws: AwsConfig, thing: str, spool: Path, **options: object) -> dict[str, object]:
+    """The CONFIG_JSON of a sender child for `aws` (`options`: period_s, max_s, drain)."""
+    keys = ("endpoint", "port", "cert", "key", "ca", "flow_control")
+    return {
+        "aws": {k: getattr(aws, k) for k in keys},
+        "thing": thing,
+        "spool": str(spool),
+        **options,
+    }
+
+
 def start_child(
     cfg: dict[str, object], stderr: int = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
