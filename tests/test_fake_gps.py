@@ -1,4 +1,4 @@
-"""FakeGps: a real pty that pyserial opens like a receiver; unplug, replug, no leaks."""
+"""benchkit.fake_gps.FakeGps: a real pty pyserial opens like a receiver; unplug, replug, leaks."""
 
 from __future__ import annotations
 
