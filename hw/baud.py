@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hw.gps import GpsPort, PortFactory
+    from hw.gps import PortFactory, SerialPort
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ def count_valid_nmea(data: bytes) -> int:
     return count_valid_sentences(data)
 
 
-def _open_gps(url: str, **kwargs: Any) -> GpsPort:
+def _open_gps(url: str, **kwargs: Any) -> SerialPort:
     from hw.gps import open_gps  # hw.gps imports this module: resolved at call time
 
-    port: GpsPort = open_gps(url, **kwargs)
+    port: SerialPort = open_gps(url, **kwargs)
     return port
 
 
@@ -43,7 +43,7 @@ class Detected:
     """The rate that yielded valid NMEA, the port open at it, and what was read while listening."""
 
     baudrate: int
-    port: GpsPort
+    port: SerialPort
     data: bytes
 
 

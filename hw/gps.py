@@ -41,7 +41,7 @@ _REASONS = {
 }
 
 
-class GpsPort(Protocol):
+class SerialPort(Protocol):
     """What the reader needs of a pyserial port."""
 
     @property
@@ -54,7 +54,7 @@ class GpsPort(Protocol):
     def close(self) -> None: ...
 
 
-PortFactory = Callable[..., GpsPort]
+PortFactory = Callable[..., SerialPort]
 
 
 def is_device_path(url: str) -> bool:
@@ -170,7 +170,7 @@ class GpsReader:
         self._wait = wait or self._stop.wait
         self._rand = rand
         self._backoff = (backoff_first, backoff_cap)
-        self._port: GpsPort | None = None
+        self._port: SerialPort | None = None
         self._port_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.stats = ReaderStats(baudrate=baudrate)
@@ -252,7 +252,7 @@ class GpsReader:
             if self._wait(next(delays)):
                 break
 
-    def _pump(self, port: GpsPort) -> str:
+    def _pump(self, port: SerialPort) -> str:
         """Read `port` until it fails or stop(); returns why it stopped. Closes the port."""
         self.stats.opens += 1
         self._set_port(port)
@@ -282,7 +282,7 @@ class GpsReader:
             except Exception:
                 log.debug("closing a lost port failed", exc_info=True)
 
-    def _read_until_detect(self, port: GpsPort) -> None:
+    def _read_until_detect(self, port: SerialPort) -> None:
         """Pass whole lines on as they come; raise _Detect when baud detection is due."""
         pending = bytearray()
         window = bytearray()
@@ -317,7 +317,7 @@ class GpsReader:
         if pending:
             self._deliver(bytes(pending))
 
-    def _run_detection(self) -> GpsPort:
+    def _run_detection(self) -> SerialPort:
         """Find the rate that yields NMEA; on failure reopen at the configured rate."""
         self.stats.detections += 1
         log.info("GPS port %s: no valid NMEA at %d baud, trying others", self.url, self._baudrate)
@@ -354,7 +354,7 @@ class GpsReader:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _set_port(self, port: GpsPort | None) -> None:
+    def _set_port(self, port: SerialPort | None) -> None:
         with self._port_lock:
             self._port = port
 

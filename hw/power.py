@@ -22,14 +22,6 @@ PMTK_STANDBY = b"$PMTK161,0*28\r\n"
 PMTK_WAKE = b"$PMTK000*32\r\n"
 
 
-def nmea_checksum(body: str) -> str:
-    """The two hex digits after `*` for an NMEA/PMTK sentence body (between `$` and `*`)."""
-    cs = 0
-    for ch in body.encode("ascii"):
-        cs ^= ch
-    return f"{cs:02X}"
-
-
 def ubx_frame(cls: int, msg_id: int, payload: bytes = b"") -> bytes:
     """A UBX frame: sync chars, class, id, little-endian length, payload, 8-bit Fletcher sum."""
     body = struct.pack("<BBH", cls, msg_id, len(payload)) + payload

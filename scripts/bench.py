@@ -3,7 +3,7 @@
 Owns the orchestration only (PKI, broker, pty GPS, daemon child, faults, status line); the cloud
 side is the product's own `tracker collect` (a child process writing the lake into the output
 folder) and `tracker export` reads the track back from it; the plan is `bench_plan`, the report
-`tracker.report` and `tracker.report_svg`. Imports the tracker's public API and tests/support,
+`benchkit.report` and `benchkit.report_svg`. Imports the tracker's public API and benchkit,
 never the daemon's internals.
 """
 
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 REPO = Path(__file__).resolve().parent.parent
-# scripts/ too, for bench_plan: on sys.path when run as a script, not when a test loads this file
-sys.path[:0] = [p for p in map(str, (REPO, REPO / "tests", REPO / "scripts")) if p not in sys.path]
+# scripts/ too, for bench_plan and benchkit (on sys.path when run as a script, not when a test
+# loads this file)
+sys.path[:0] = [p for p in map(str, (REPO, REPO / "scripts")) if p not in sys.path]
 
 from bench_plan import THING, bench_config, kill_moments, parse_args, schedule  # noqa: E402
-from support.procs import stop_process  # noqa: E402
-
-from tracker import report  # noqa: E402
-from tracker.report_svg import timeline_svg, track_svg  # noqa: E402
+from benchkit import report  # noqa: E402
+from benchkit.procs import stop_process  # noqa: E402
+from benchkit.report_svg import timeline_svg, track_svg  # noqa: E402
 
 RESTART_AFTER_S = 0.5  # real seconds between a kill and the restart
 READY_TIMEOUT_S = 30.0
@@ -197,11 +197,11 @@ class Bench:
             )
 
     def run(self) -> int:
-        from support.broker import Broker
-        from support.collector import Collector
-        from support.pki import Pki
+        from benchkit.broker import Broker
+        from benchkit.collector import Collector
+        from benchkit.fake_gps import FakeGps
+        from benchkit.pki import Pki
 
-        from hw.pty import FakeGps
         from tracker.spool import Spool
 
         sched, work, out = self.sched, self.work, self.out

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from support.broker import Broker  # noqa: E402
-from support.pki import Pki  # noqa: E402
-from support.sender import synthetic_fix  # noqa: E402
-from support.subscriber import Subscriber  # noqa: E402
+from benchkit.broker import Broker  # noqa: E402
+from benchkit.fixes import synthetic_fix  # noqa: E402
+from benchkit.pki import Pki  # noqa: E402
+from benchkit.subscriber import Subscriber  # noqa: E402
 
 from tracker.codec import encode_live  # noqa: E402
 from tracker.collect import CollectConfig, Collector, CollectSection  # noqa: E402

@@ -49,14 +49,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [p for p in map(str, (REPO, REPO / "tests", REPO / "scripts")) if p not in sys.path]
+sys.path[:0] = [p for p in map(str, (REPO, REPO / "scripts")) if p not in sys.path]
 
-from hw.power import nmea_checksum  # noqa: E402
 from tracker import codec  # noqa: E402
 from tracker.config import AwsConfig  # noqa: E402
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 from tracker.errors import CodecError  # noqa: E402
 from tracker.fix import Fix  # noqa: E402
+from tracker.nmea import frame  # noqa: E402
 
 RECORDING = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
 THING = "bench-tracker-1"
@@ -165,7 +165,7 @@ def nmea(points: list[Point]) -> bytes:
             f"GPRMC,{hms},A,{lat},{ns},{lon},{ew},{knots:.2f},{p.course:.1f},{dmy},,,A",
             f"GPGGA,{hms},{lat},{ns},{lon},{ew},1,09,0.9,{p.alt:.1f},M,0.0,M,,",
         ):
-            out.append(f"${body}*{nmea_checksum(body)}\r\n")
+            out.append(frame(body).decode())
     return "".join(out).encode()
 
 
@@ -294,7 +294,7 @@ class Relay:
 
 def timed_subscriber(broker: Any, topic: str, client_id: str, into: list[Any]) -> Any:
     """A cloud-side subscriber (tests/support) that also notes each message's arrival time."""
-    from support.subscriber import Subscriber
+    from benchkit.subscriber import Subscriber
 
     class Timed(Subscriber):
         def _on_publish(self, data: Any) -> None:
@@ -367,10 +367,9 @@ class Run:
         self, label: str, settings: dict[str, dict[str, Any]], work: Path, points: list[Point],
         args: Any,
     ) -> None:  # fmt: skip
-        from support.broker import Broker
-        from support.pki import Pki
-
-        from hw.pty import FakeGps
+        from benchkit.broker import Broker
+        from benchkit.fake_gps import FakeGps
+        from benchkit.pki import Pki
 
         self.label, self.settings, self.work, self.args = label, settings, work, args
         self.code = REPO

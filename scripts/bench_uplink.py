@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from tracker import codec  # noqa: E402
 from tracker.clock import FakeClock  # noqa: E402
@@ -100,7 +100,7 @@ def child_drain(aws: AwsConfig, spool_path: str, version: int = 1) -> dict[str, 
 
 def child_naive(aws: AwsConfig, n: int) -> dict[str, Any]:
     """One JSON message per fix, all handed to the SDK at once, then every PUBACK awaited."""
-    from support.sender import synthetic_fix
+    from benchkit.fixes import synthetic_fix
 
     from tracker.fix import Record
 
@@ -127,7 +127,7 @@ def child_naive(aws: AwsConfig, n: int) -> dict[str, Any]:
 
 def child_live(aws: AwsConfig, spool_path: str | None, n: int) -> dict[str, Any]:
     """Fixes one at a time: put (fsync) -> live publish -> PUBACK; or a bare publish."""
-    from support.sender import synthetic_fix
+    from benchkit.fixes import synthetic_fix
 
     from tracker.fix import Record
 
@@ -177,7 +177,7 @@ def run_child(aws: AwsConfig, *args: str) -> dict[str, Any]:
 
 
 def build_spool(path: Path, n: int) -> None:
-    from support.sender import fill
+    from benchkit.fixes import fill
 
     with Spool(path) as spool:
         fill(spool, n)
@@ -191,8 +191,8 @@ def copy_spool(src: Path, dst: Path) -> Path:
 
 
 def main() -> int:
-    from support.broker import Broker
-    from support.pki import Pki
+    from benchkit.broker import Broker
+    from benchkit.pki import Pki
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixes", type=int, default=100_000, help="large backlog size")

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from support.broker import Broker  # noqa: E402
-from support.daemon import daemon_config  # noqa: E402
-from support.pki import Pki  # noqa: E402
-
-from hw.pty import FakeGps  # noqa: E402
+from benchkit.broker import Broker  # noqa: E402
+from benchkit.daemon import daemon_config  # noqa: E402
+from benchkit.fake_gps import FakeGps  # noqa: E402
+from benchkit.pki import Pki  # noqa: E402
 
 RECORDING = ROOT / "tests" / "data" / "nmea" / "signalk" / "gps.log"  # parked, 1 Hz, 20 min
 STANDBY = b"$PMTK161,0*28"

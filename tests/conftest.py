@@ -1,13 +1,18 @@
-"""Project-wide fixtures: a test must leave no thread, child process or listening port behind."""
+"""Project-wide fixtures: a test must leave no thread, child process or listening port behind;
+the parts many tests run against (a GPS on a pseudo-terminal, a test PKI, a Mosquitto broker
+with mutual TLS, a cloud-side subscriber) come from scripts/benchkit, which the bench shares."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from benchkit.broker import Broker
+from benchkit.fake_gps import FakeGps
+from benchkit.pki import Pki
+from benchkit.subscriber import Subscriber
 from support import leaks
-
-from hw.pty import FakeGps
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +35,30 @@ def gps() -> Iterator[FakeGps]:
     """A serial GPS on a real pseudo-terminal, opened by path as a board opens /dev/ttyAMA0."""
     with FakeGps() as fake:
         yield fake
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A fresh test PKI in this test's temporary directory."""
+    return Pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def broker(pki: Pki, tmp_path: Path) -> Iterator[Broker]:
+    """A running broker (no persistence) for this test; killed and reaped at the end."""
+    b = Broker(pki, tmp_path / "broker")
+    try:
+        b.start()
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def subscriber(broker: Broker) -> Iterator[Subscriber]:
+    """A cloud consumer subscribed to every tracker's location topic on `broker`."""
+    sub = Subscriber(broker)
+    try:
+        yield sub.start()
+    finally:
+        sub.stop()

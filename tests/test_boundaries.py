@@ -17,6 +17,11 @@ SOURCES = sorted(
     for p in (ROOT / d).rglob("*.py")
     if "__pycache__" not in p.parts
 )
+# the bench: its scripts, scripts/faults and what it shares with the tests (scripts/benchkit)
+BENCH = sorted(
+    [*(ROOT / "scripts").glob("bench*.py"), ROOT / "scripts/faults"]
+    + [p for p in (ROOT / "scripts/benchkit").rglob("*.py") if "__pycache__" not in p.parts]
+)
 
 # the one owner of each outside world
 OWNERS = {
@@ -111,3 +116,19 @@ def test_the_device_never_imports_the_cloud_side() -> None:
         if not rel(p).startswith("cloud/") and "cloud" in {top(n) for n in imports(p)}
     }
     assert users == set()
+
+
+def test_the_installed_packages_hold_no_bench_or_test_code() -> None:
+    test_only = {"benchkit", "support", "pytest", "bench", "bench_plan", "conftest"}
+    users = {rel(p): sorted(n for n in imports(p) if top(n) in test_only) for p in SOURCES}
+    assert {k: v for k, v in users.items() if v} == {}
+
+
+def test_the_bench_does_not_import_the_tests_or_pytest() -> None:
+    assert {"scripts/bench.py", "scripts/faults", "scripts/benchkit/broker.py"} <= {
+        rel(p) for p in BENCH
+    }
+    users = {
+        rel(p): sorted(n for n in imports(p) if top(n) in {"support", "pytest"}) for p in BENCH
+    }
+    assert {k: v for k, v in users.items() if v} == {}

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from test_app import THING, Harness
 
-from hw.power import nmea_checksum
 from tracker import codec, config
 from tracker.app import App
 from tracker.budget import RESERVE, Budget, BudgetState, load
 from tracker.clock import FakeClock
 from tracker.config import BudgetConfig
 from tracker.events import Inbound, LinkUp
+from tracker.nmea import frame
 
 NOON = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 
@@ -121,7 +121,7 @@ def parked_nmea(path: Path, fix: Any, days: float, step_s: int = 30) -> Path:
         hms, dmy = t.strftime("%H%M%S"), t.strftime("%d%m%y")
         for body in (f"GPRMC,{hms},A,{la},{lo},0.0,0.0,{dmy},,,A",
                      f"GPGGA,{hms},{la},{lo},1,09,0.9,100.0,M,0.0,M,,"):  # fmt: skip
-            lines.append(f"${body}*{nmea_checksum(body)}\r\n")
+            lines.append(frame(body).decode())
     path.write_text("".join(lines))
     return path
 

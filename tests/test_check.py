@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
+from benchkit.broker import Broker
+from benchkit.fake_gps import FakeGps
+from benchkit.pki import Pki
 
-from hw.pty import FakeGps
 from tracker import check, cli
 from tracker.check import Probe, Result
 from tracker.credentials import ServiceUser

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.collector import Collector
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
-from support.sender import synthetic_fix
-from support.subscriber import Subscriber
+from benchkit.broker import Broker
+from benchkit.collector import Collector
+from benchkit.fixes import synthetic_fix
+from benchkit.pki import Pki
+from benchkit.subscriber import Subscriber
 
 from tracker import cli
 from tracker.codec import encode_batch, encode_live

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -16,21 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.collector import Collector
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
+from benchkit.broker import Broker
+from benchkit.collector import Collector
+from benchkit.pki import Pki
+from support.sender import child_config, start_child
 
 from tracker.spool import Spool
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _sender(cfg: dict[str, object], stderr: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{TESTS.parent}")
-    return subprocess.Popen(
-        [sys.executable, "-m", "support.sender", json.dumps(cfg)],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-    )  # fmt: skip
 
 
 def lake_seqs(lake: Path, thing: str) -> Counter[int]:
@@ -57,22 +49,13 @@ def test_collector_killed_at_random_moments_keeps_every_seq_exactly_once(
     thing = pki.thing_name
     lake = tmp_path / "lake"
     collector = Collector(broker, lake, tmp_path / "collect")
-    aws = broker.aws_config()
-    cfg: dict[str, object] = {
-        "aws": {
-            k: getattr(aws, k) for k in ("endpoint", "port", "cert", "key", "ca", "flow_control")
-        },
-        "thing": thing,
-        "spool": str(tmp_path / "spool.db"),
-        "period_s": 0.003,
-        "max_s": 120,
-    }
+    cfg = child_config(broker.aws_config(), thing, tmp_path / "spool.db", period_s=0.003, max_s=120)
     rng = random.Random(20261130)
     kills = mid_write = 0
     sender = None
     try:
         collector.start()  # subscribed once: from now on the broker keeps its session
-        sender = _sender(cfg)
+        sender = start_child(cfg)
         for _ in range(15):
             if not collector.alive():
                 collector.start(wait=False)
@@ -84,7 +67,7 @@ def test_collector_killed_at_random_moments_keeps_every_seq_exactly_once(
             time.sleep(rng.uniform(0.0, 0.4))  # messages pile up in the session meanwhile
         sender.kill()
         sender.wait()
-        drain = _sender({**cfg, "drain": True, "max_s": 30}, subprocess.PIPE)
+        drain = start_child({**cfg, "drain": True, "max_s": 30}, subprocess.PIPE)
         _, err = drain.communicate(timeout=40)
         assert drain.returncode == 0, err.decode()[-2000:]
         with Spool(tmp_path / "spool.db") as spool:

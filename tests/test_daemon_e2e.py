@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.daemon import daemon_config
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
-from support.subscriber import Subscriber
+from benchkit.broker import Broker
+from benchkit.daemon import daemon_config
+from benchkit.fake_gps import FakeGps
+from benchkit.subscriber import Subscriber
 
-from hw.pty import FakeGps
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
 from tracker.spool import Spool
 

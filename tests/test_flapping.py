@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from support.broker import Broker
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
-from support.sender import ForwardLoop, fill
-from support.subscriber import Subscriber
+from benchkit.broker import Broker
+from benchkit.fixes import fill
+from benchkit.pki import Pki
+from benchkit.subscriber import Subscriber
+from support.sender import ForwardLoop
 
 from tracker.events import LinkDown, LinkUp
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
+from benchkit.broker import Broker
+from benchkit.pki import Pki
 from support.identity_responder import TEMPLATE_NAME, IdentityResponder
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
 
 from tracker import config as tconfig
 from tracker import credentials as cred

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.sender import fill, synthetic_fix
+from benchkit.fixes import fill, synthetic_fix
 
 from tracker import codec
 from tracker.clock import FakeClock

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import serial
+from benchkit.fake_gps import FakeGps
 from support.sink import Sink
 
 from hw.baud import BAUD_RATES, candidate_rates, detect_baudrate
 from hw.gps import GpsReader, backoff_delays, open_gps
 from hw.protocol_replay import split_recording
-from hw.pty import FakeGps
 from tracker.clock import FakeClock
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
 from tracker.errors import GpsError

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import serial
+from benchkit.fake_gps import FakeGps
 from support.sink import Sink as BaseSink
 
 from hw.gps import GpsReader, open_gps
 from hw.protocol_gpsd import DEFAULT_PORT, parse_url, split_nmea
 from hw.protocol_replay import split_recording
-from hw.pty import FakeGps
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
 from tracker.errors import GpsError
 

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.broker import Broker
-from support.daemon import toml_text
-from support.pki import QEMU_HOST, THING_NAME, Pki
+from benchkit.broker import Broker
+from benchkit.daemon import toml_text
+from benchkit.pki import QEMU_HOST, THING_NAME, Pki
+from benchkit.subscriber import Subscriber
 from support.qemu import Guest, NmeaFeed, fat_list, fat_put
-from support.subscriber import Subscriber
 
 IMAGE = os.environ.get("TRACKER_IMAGE", "")
 RECORDING = Path(__file__).parent / "data" / "nmea" / "nmeaparser" / "NmeaSampleData.txt"

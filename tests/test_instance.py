@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.daemon import daemon_config
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
+from benchkit.broker import Broker
+from benchkit.daemon import daemon_config
+from benchkit.fake_gps import FakeGps
 
-from hw.pty import FakeGps
+from tracker import files
 from tracker.errors import TrackerError
 from tracker.instance import InstanceLock, lock_path, running_pid
 
@@ -74,3 +74,16 @@ def test_the_lock_is_exclusive_between_open_files_and_names_the_holder(tmp_path:
     again = InstanceLock(spool)
     again.acquire()  # free once released
     again.release()
+
+
+def test_the_one_lock_file_helper_is_exclusive_until_closed(tmp_path: Path) -> None:
+    path = tmp_path / "some.lock"
+    fd = files.try_lock(path)
+    assert fd is not None
+    try:
+        assert files.try_lock(path) is None  # a second open file description is refused
+    finally:
+        os.close(fd)
+    again = files.try_lock(path)
+    assert again is not None
+    os.close(again)

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 from awsiot import mqtt5_client_builder
+from benchkit.broker import Broker
+from benchkit.fixes import fill, synthetic_fix
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
 from support.fake_uplink import FakeUplink
-from support.pki import pki_fixture  # noqa: F401 - fixture `pki`
-from support.sender import fill, synthetic_fix
 
 from hw.power import open_power
 from hw.sensors import open_battery, open_motion, open_temperature

@@ -20,10 +20,10 @@ from hw.power import (
     NoPower,
     SerialCommandPower,
     SimPower,
-    nmea_checksum,
     open_power,
     ubx_frame,
 )
+from tracker import nmea
 from tracker.errors import HardwareError
 
 # Byte strings as published for u-blox receivers (u-center "Messages" view, widely quoted).
@@ -57,9 +57,10 @@ def test_ubx_checksum_reproduces_known_frames(name: str) -> None:
 def test_pmtk_sentences_have_valid_checksums() -> None:
     assert PMTK_STANDBY == b"$PMTK161,0*28\r\n"
     for sentence in (PMTK_STANDBY, PMTK_WAKE):
-        body, _, tail = sentence.decode().strip().lstrip("$").partition("*")
-        assert nmea_checksum(body) == tail
-    assert nmea_checksum("GPGSA,A,3,20,16,09,03,07,10,23,19,27,30,,,1.64,0.98,1.31") == "05"
+        body, _, _ = sentence.decode().strip().lstrip("$").partition("*")
+        assert nmea.frame(body) == sentence  # the receiver's framing and checksum
+    gsa = "GPGSA,A,3,20,16,09,03,07,10,23,19,27,30,,,1.64,0.98,1.31"
+    assert nmea.frame(gsa) == f"${gsa}*05\r\n".encode()
 
 
 def test_serial_command_backends_write_through_the_port() -> None:

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchkit.pki import Pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
 
 from tracker import config as tconfig
 from tracker import provision

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from tracker.cli import main
 from tracker.fix import Fix
-from tracker.replay import fix_json
+from tracker.replay import fix_json, write_gpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "data" / "nmea"
@@ -87,6 +88,22 @@ def test_replay_does_not_import_the_aws_sdk() -> None:
         check=True,
     )
     assert p.stderr.strip() == b"[]"
+
+
+def test_the_one_gpx_writer_escapes_the_name_and_keeps_full_precision() -> None:
+    t0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
+    fixes = [
+        Fix(time=t0 + timedelta(seconds=5 * i), lat=39.43 - 1e-9 * i, lon=-119.76, alt=1378.6,
+            speed=23.2, course=153.1, mode=3, sats=10, hdop=0.8)
+        for i in range(3)
+    ]  # fmt: skip
+    out = io.StringIO()
+    write_gpx(fixes, out, "a<b & c")
+    root = ET.fromstring(out.getvalue())
+    assert root.findtext(f"{GPX}trk/{GPX}name") == "a<b & c"
+    pts = root.findall(f"{GPX}trk/{GPX}trkseg/{GPX}trkpt")
+    assert [float(p.get("lat", "nan")) for p in pts] == [f.lat for f in fixes]
+    assert pts[0].findtext(f"{GPX}time") == "2005-09-25T23:52:34Z"
 
 
 def test_gpx_is_a_valid_track(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of tracker.report and tracker.report_svg: gaps, duplicates, state time, GPX/GeoJSON
+"""Unit tests of benchkit.report and benchkit.report_svg: gaps, duplicates, state time, GeoJSON
 and SVG validity."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import json
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
-from tracker import codec, report, report_svg
+from benchkit import report, report_svg
+from benchkit.report import Fault, Message, Point, Status
+
+from tracker import codec
 from tracker.fix import Fix, Record
 from tracker.forward import publish_packet_bytes
-from tracker.report import Fault, Message, Point, Status
 
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
 TOPIC = "dt/tracker/bench-1/location"
@@ -152,16 +154,6 @@ def test_summary_reports_a_lost_fix_as_a_gap() -> None:
     json.loads(report.dumps(s))
     text = report.format_summary(s)
     assert "3, 5" in text and "1 duplicates" in text
-
-
-def test_gpx_is_valid_xml_with_one_point_per_fix() -> None:
-    pts = [Point(i, fix(i), "a<b", 0.0) for i in range(3)]
-    root = ET.fromstring(report.to_gpx(pts))
-    ns = {"g": "http://www.topografix.com/GPX/1/1"}
-    trkpts = root.findall(".//g:trkpt", ns)
-    assert len(trkpts) == 3
-    assert float(trkpts[1].attrib["lat"]) == round(fix(1).lat, 7)
-    assert trkpts[0].findtext("g:time", namespaces=ns) == "2005-09-25T23:52:34Z"
 
 
 def test_geojson_has_a_linestring_and_points_in_lon_lat_order() -> None:

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from support.shadow_responder import ShadowService, delta_of
 
 from tracker import config, settings_store
+from tracker.codec import MAX_PAYLOAD
 from tracker.config import Config
 from tracker.errors import ConfigError
-from tracker.shadow import MAX_INBOUND, REPORT_LIMIT, ShadowSync, shadow_prefix
+from tracker.shadow import REPORT_LIMIT, ShadowSync, shadow_prefix
 
 THING = "tracker-test-1"
 PREFIX = f"$aws/things/{THING}/shadow"
@@ -483,7 +484,7 @@ def test_report_stays_well_under_the_shadow_limit(cfg: Config, store: Path) -> N
     sync.on_connected()
     sync.report_status({f"key{i}": "x" * 500 for i in range(40)} | {"nested": {"a": [1] * 999}})
     hostile = {"policy": {("k" * 80) + str(i): "v" * 200 for i in range(300)}}
-    assert len(delta(hostile, 2)) < MAX_INBOUND
+    assert len(delta(hostile, 2)) < MAX_PAYLOAD
     sync.on_message(f"{PREFIX}/update/delta", delta(hostile, 2))
     _, (_, get) = sync.on_connected()
     reply = {
@@ -509,7 +510,7 @@ HOSTILE = [
     b"42",
     b"[" * 200_000 + b"]" * 200_000,
     b'{"state":' * 5000 + b"{}" + b"}" * 5000,
-    b"{" + b" " * (MAX_INBOUND + 10) + b"}",
+    b"{" + b" " * (MAX_PAYLOAD + 10) + b"}",
     b'{"version": "7", "state": {"policy": {"distance_m": 50}}}',
     b'{"version": true, "state": {"policy": {"distance_m": 50}}}',
     b'{"version": 9, "state": []}',

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
+from benchkit.broker import Broker
+from benchkit.pki import Pki
 from support.shadow_responder import ShadowResponder, delta_of, shadow_responder_fixture  # noqa: F401
 
 from tracker import config, settings_store

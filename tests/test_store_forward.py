@@ -6,20 +6,18 @@ allowed (and counted); losses are not.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.pki import Identity, Pki, pki_fixture  # noqa: F401 - fixture `pki`
-from support.sender import ForwardLoop, fill
-from support.subscriber import Subscriber, subscriber_fixture  # noqa: F401
+from benchkit.broker import Broker
+from benchkit.fixes import fill
+from benchkit.pki import Identity, Pki
+from benchkit.subscriber import Subscriber
+from support.sender import ForwardLoop, child_config, start_child
 
 from tracker.config import AwsConfig
 from tracker.errors import UplinkError
@@ -167,35 +165,16 @@ def test_long_outage_backlog_of_thousands_drains_in_batches(
     assert loop.max_outstanding <= 16
 
 
-def _child(cfg: dict[str, object], stderr: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{TESTS.parent}")
-    return subprocess.Popen(
-        [sys.executable, "-m", "support.sender", json.dumps(cfg)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )
-
-
 @pytest.mark.slow
 def test_tracker_killed_at_random_moments_loses_nothing(
     broker: Broker, subscriber: Subscriber, tmp_path: Path
 ) -> None:
-    aws = broker.aws_config()
-    cfg: dict[str, object] = {
-        "aws": {
-            k: getattr(aws, k) for k in ("endpoint", "port", "cert", "key", "ca", "flow_control")
-        },
-        "thing": THING,
-        "spool": str(tmp_path / "spool.db"),
-        "period_s": 0.004,
-    }
+    cfg = child_config(broker.aws_config(), THING, tmp_path / "spool.db", period_s=0.004)
     rng = random.Random(20261126)
     kills = mid_stream = 0
     for i in range(24):
         before = subscriber.count()
-        child = _child(cfg)
+        child = start_child(cfg)
         try:
             if i % 2:
                 # mid-stream: once this child's first fixes reached the broker, however long a
@@ -213,7 +192,7 @@ def test_tracker_killed_at_random_moments_loses_nothing(
             child.wait()
         kills += 1
         mid_stream += subscriber.count() > before
-    child = _child({**cfg, "drain": True, "max_s": 30}, subprocess.PIPE)
+    child = start_child({**cfg, "drain": True, "max_s": 30}, subprocess.PIPE)
     try:
         _, err = child.communicate(timeout=40)
     finally:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from support.broker import Broker, broker_fixture  # noqa: F401 - fixture `broker`
-from support.pki import Identity, Pki, pki_fixture  # noqa: F401 - fixture `pki`
-from support.subscriber import Subscriber, subscriber_fixture  # noqa: F401
+from benchkit.broker import Broker
+from benchkit.pki import Identity, Pki
+from benchkit.subscriber import Subscriber
 
 from tracker.config import AwsConfig
 from tracker.errors import UplinkError

@@ -19,12 +19,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from benchkit.pki import Pki
 from serial.serialutil import SerialException
-from support.pki import Pki, pki_fixture  # noqa: F401 - fixture `pki`
 
 from hw import protocol_gpsd, protocol_replay
-from tracker import check, cli, config, credentials, provision, replay, shadow
-from tracker.errors import ConfigError, GpsError, ProvisionError
+from tracker import check, cli, config, credentials, files, provision, replay, shadow, uplink
+from tracker.errors import ConfigError, GpsError, ProvisionError, UplinkError
 
 REPO = Path(__file__).resolve().parent.parent
 GARBAGE = bytes(range(256)) * 8  # not UTF-8, not PEM, not NMEA
@@ -165,6 +165,24 @@ def test_check_warns_when_others_may_replace_the_key(tmp_path: Path, pki: Pki) -
     shared.chmod(0o700)
     findings = dict(credentials.check_files(aws, None, credentials.CLOCK_SANE_AFTER))
     assert "key dir" not in findings
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [(lambda p: None, "does not exist"), (lambda p: p.mkdir(), "is a directory, not a file")],
+)
+def test_provisioning_and_the_uplink_name_an_unreadable_credential_alike(
+    tmp_path: Path, make: Any, why: str
+) -> None:
+    path = tmp_path / "device.crt"
+    make(path)
+    with pytest.raises(ProvisionError) as by_provisioning:
+        credentials.load_certificate(path, "[aws] cert file")
+    with pytest.raises(UplinkError) as by_uplink:
+        uplink._check_pem("cert", str(path), b"CERTIFICATE-----")
+    assert str(by_provisioning.value) == str(by_uplink.value) == f"[aws] cert file {path} {why}"
+    with pytest.raises(ValueError, match=r"^key path 'a\\x00b' holds a NUL character$"):
+        files.read_file("a\0b", "key", ValueError)
 
 
 def test_an_empty_or_huge_credential_file_is_named(tmp_path: Path) -> None:

@@ -173,7 +173,9 @@ class Collector:
             return
         thing, kind = where
         if len(payload) > codec.MAX_PAYLOAD:
-            self._reject(topic, payload, f"payload of {len(payload)} bytes exceeds 131072")
+            self._reject(
+                topic, payload, f"payload of {len(payload)} bytes exceeds {codec.MAX_PAYLOAD}"
+            )
             return
         if kind == "condition":
             st.conditions += 1

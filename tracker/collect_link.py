@@ -1,8 +1,9 @@
 """The collector's MQTT 5 subscription: mutual TLS, persistent session, manual PUBACKs.
 
-The collector's only module that touches the AWS SDK; it reuses `tracker.uplink`'s credential
-checks and error wording. SDK callbacks only build an event and call `post`; PUBACKs are sent by
-the owning thread through `ack`, once the message is on disk.
+The collector's only module that touches the AWS SDK; it builds and stops its client with
+`tracker.uplink`'s (credential checks, TLS, keep-alive, backoff) and reuses its error wording.
+SDK callbacks only build an event and call `post`; PUBACKs are sent by the owning thread through
+`ack`, once the message is on disk.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from awscrt import mqtt5
-from awsiot import mqtt5_client_builder
 
 from tracker.config import AwsConfig
-from tracker.errors import UplinkError
-from tracker.uplink import _FATAL_CONNACK, PING_TIMEOUT_MS, _check_pem, describe
+from tracker.uplink import _FATAL_CONNACK, describe, mtls_client, stop_client
 
 
 @dataclass(frozen=True)
@@ -67,39 +66,21 @@ class CollectLink:
     def start(self) -> None:
         """Check the credential files, then connect in the background."""
         aws = self._aws
-        _check_pem("cert", aws.cert, b"CERTIFICATE-----")
-        _check_pem("key", aws.key, b"PRIVATE KEY-----")
-        _check_pem("ca", aws.ca, b"CERTIFICATE-----")
-        try:
-            self._client = mqtt5_client_builder.mtls_from_path(
-                cert_filepath=aws.cert,
-                pri_key_filepath=aws.key,
-                ca_filepath=aws.ca,
-                endpoint=aws.endpoint,
-                port=aws.port,
-                client_id=self._client_id,
-                keep_alive_interval_sec=aws.keepalive_s,
-                ping_timeout_ms=min(PING_TIMEOUT_MS, (aws.keepalive_s - 1) * 1000),
-                session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
-                session_expiry_interval_sec=aws.session_expiry_s,
-                extended_validation_and_flow_control_options=(
-                    mqtt5.ExtendedValidationAndFlowControlOptions.NONE
-                ),
-                retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-                min_reconnect_delay_ms=min(1000, self._reconnect_max_ms),
-                max_reconnect_delay_ms=self._reconnect_max_ms,
-                enable_metrics_collection=False,
-                on_publish_received=self._on_publish,
-                on_lifecycle_connection_success=self._on_success,
-                on_lifecycle_connection_failure=self._on_failure,
-                on_lifecycle_disconnection=self._on_disconnection,
-                on_lifecycle_stopped=lambda _data: self._stopped.set(),
-            )
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:
-            raise UplinkError(
-                f"[aws] key {aws.key} does not match cert {aws.cert}, or cert/key/ca "
-                f"{aws.ca} holds no valid PEM data ({describe(exc)})"
-            ) from exc
+        self._client = mtls_client(
+            aws,
+            self._client_id,
+            (min(1000, self._reconnect_max_ms), self._reconnect_max_ms),
+            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
+            session_expiry_interval_sec=aws.session_expiry_s,
+            extended_validation_and_flow_control_options=(
+                mqtt5.ExtendedValidationAndFlowControlOptions.NONE
+            ),
+            on_publish_received=self._on_publish,
+            on_lifecycle_connection_success=self._on_success,
+            on_lifecycle_connection_failure=self._on_failure,
+            on_lifecycle_disconnection=self._on_disconnection,
+            on_lifecycle_stopped=lambda _data: self._stopped.set(),
+        )
         self._client.start()
 
     def ack(self, delivery: Delivery) -> None:
@@ -114,10 +95,7 @@ class CollectLink:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect; messages not acknowledged stay in the broker's session."""
         client, self._client = self._client, None
-        if client is None:
-            return
-        client.stop()
-        self._stopped.wait(timeout)
+        stop_client(client, self._stopped, timeout)
 
     # SDK callbacks (the SDK's event-loop thread): build an event, post it, return.
 

@@ -2,7 +2,8 @@
 
 Every key has a type, bounds and a doc string (field metadata), so validation, the README reference
 and remote (shadow) settings share one table. Precedence: command line > environment > file >
-defaults. Standard library only; must not import the SDK or serial.
+defaults. Standard library and the codec's message size limit only; must not import the SDK or
+serial.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from tracker.codec import MAX_PAYLOAD
 from tracker.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,7 +29,7 @@ else:  # pragma: no cover - Python 3.10
 
 THING_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit for a topic name
+MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit for a topic name, Basic Ingest prefix included
 MAX_TOPIC_SLASHES = 7  # AWS IoT Core's limit, not counting Basic Ingest's $aws/rules/RULE/
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 RULE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
@@ -87,7 +89,7 @@ class AwsConfig:
         "", "publish through $aws/rules/RULE/... (no messaging charge)"
     )
     batch_bytes: int = setting(
-        5120, "largest backlog message", lo=512, hi=131072, unit="bytes", remote=True
+        5120, "largest backlog message", lo=512, hi=MAX_PAYLOAD, unit="bytes", remote=True
     )
     window: int = setting(
         8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100
@@ -439,11 +441,33 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"[gps] date_floor {cfg.gps.date_floor!r} is not a date: use YYYY-MM-DD"
             ) from None
-    p = cfg.policy
+    for _, why in pair_problems(cfg.policy):
+        raise ConfigError(why)
+
+
+def pair_problems(p: PolicyConfig) -> list[tuple[frozenset[str], str]]:
+    """The rules between two [policy] keys that the config file and a remote change both keep:
+    (the "section.key" names involved, why). A remote change adds rules of its own
+    (`settings_store.silencing_problems`)."""
+    out = []
     if p.min_interval_s > p.max_interval_s:
-        raise ConfigError("[policy] min_interval_s must not exceed max_interval_s")
+        out.append(
+            (
+                frozenset({"policy.min_interval_s", "policy.max_interval_s"}),
+                f"[policy] min_interval_s must not exceed max_interval_s "
+                f"({_toml(p.min_interval_s)} s > {_toml(p.max_interval_s)} s)",
+            )
+        )
     if p.battery_ok_pct < p.battery_low_pct:
-        raise ConfigError("[policy] battery_ok_pct must be at least battery_low_pct")
+        out.append(
+            (
+                frozenset({"policy.battery_ok_pct", "policy.battery_low_pct"}),
+                f"[policy] battery_ok_pct must be at least battery_low_pct "
+                f"({_toml(p.battery_ok_pct)} % < {_toml(p.battery_low_pct)} %): "
+                "low power would never end",
+            )
+        )
+    return out
 
 
 def load(

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from tracker.errors import ProvisionError
+from tracker.files import read_file
 
 PrivateKey = (
     ec.EllipticCurvePrivateKey
@@ -47,19 +48,9 @@ MAX_PEM_BYTES = 1 << 20  # certificate bundles are a few KB; anything this big i
 
 def read_pem_file(path: str | Path, what: str) -> bytes:
     """A credential file's bytes; ProvisionError names the file and why it cannot be used."""
-    try:
-        with Path(path).open("rb") as fh:
-            data = fh.read(MAX_PEM_BYTES + 1)
-    except FileNotFoundError:
-        raise ProvisionError(f"{what} {path} does not exist") from None
-    except PermissionError:
-        raise ProvisionError(f"{what} {path} is not readable by this user (run as root)") from None
-    except IsADirectoryError:
-        raise ProvisionError(f"{what} {path} is a directory, not a file") from None
-    except OSError as exc:
-        raise ProvisionError(f"{what} {path} cannot be read: {exc.strerror}") from exc
-    except ValueError:  # a NUL in the path
-        raise ProvisionError(f"{what} path {path!r} holds a NUL character") from None
+    data = read_file(
+        path, what, ProvisionError, limit=MAX_PEM_BYTES, unreadable_fix=" (run as root)"
+    )
     if not data:
         raise ProvisionError(f"{what} {path} is empty; pass the PEM file")
     if len(data) > MAX_PEM_BYTES:

@@ -1,7 +1,8 @@
 """One tracker per spool: an exclusive lock beside the spool file, held for the process's life.
 
 Two daemons on one board kick each other off the broker (same client id), split the GPS bytes
-and write one spool; the second is refused with the first one's pid. Standard library only.
+and write one spool; the second is refused with the first one's pid. Standard library and
+`tracker.files` (the lock file) only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from tracker.errors import TrackerError
+from tracker.files import try_lock
 
 
 def lock_path(spool_path: str | os.PathLike[str]) -> Path:
@@ -29,22 +31,19 @@ class InstanceLock:
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = try_lock(self.path)
         except OSError as exc:
             raise TrackerError(
                 f"cannot open the lock file {self.path}: {exc.strerror or exc}; make the spool"
                 " directory writable by the tracker's user"
             ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if fd is None:
             pid = holder(self.path)
             who = f"pid {pid}" if pid else "another process"
             raise TrackerError(
                 f"another tracker ({who}) is running with the spool beside {self.path};"
                 " stop it first (systemctl stop tracker) or give this one its own [spool] path"
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

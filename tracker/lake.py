@@ -7,13 +7,12 @@
 Files are append-only JSON lines; a line counts only once its newline is there (a torn last line
 from a power cut is skipped by every reader). `LakeWriter` owns writing (one collector at a time,
 enforced by a lock file); `read_fixes` serves `tracker export` and `tracker gaps`.
-Standard library and tracker.fix only.
+Standard library and `tracker.errors`, `tracker.files` and `tracker.fix` only.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import TrackerError
-from tracker.files import fsync_dir
+from tracker.files import fsync_dir, try_lock
 from tracker.fix import Fix, Record, format_time, parse_time
 
 FIX_FIELDS = ("time", "lat", "lon", "alt", "speed", "course", "mode", "sats", "hdop")
@@ -159,19 +158,16 @@ class LakeWriter:
         """Create the lake folder if needed, take its lock and rebuild the index."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = try_lock(self.root / LOCK_NAME, 0o644)
         except OSError as exc:
             raise LakeError(
                 f"cannot write the lake folder {self.root}: {exc.strerror or exc}; make it "
                 "writable or set [collect] lake to a writable place"
             ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        if fd is None:
             raise LakeError(
                 f"another collector is writing the lake {self.root}; stop it or use another lake"
-            ) from None
+            )
         self._lock_fd = fd
         self._rebuild()
         return self

@@ -134,24 +134,10 @@ MIN_MESSAGES_PER_DAY = 24
 
 
 def silencing_problems(cfg: Config) -> list[tuple[frozenset[str], str]]:
-    """Combinations that would leave the device silent: (keys involved, why)."""
-    p, out = cfg.policy, []
-    if p.min_interval_s > p.max_interval_s:
-        out.append(
-            (
-                frozenset({"policy.min_interval_s", "policy.max_interval_s"}),
-                f"refused: min_interval_s {_num(p.min_interval_s)} s would exceed "
-                f"max_interval_s {_num(p.max_interval_s)} s",
-            )
-        )
-    if p.battery_ok_pct < p.battery_low_pct:
-        out.append(
-            (
-                frozenset({"policy.battery_ok_pct", "policy.battery_low_pct"}),
-                f"refused: battery_ok_pct {_num(p.battery_ok_pct)} % would be below "
-                f"battery_low_pct {_num(p.battery_low_pct)} %: low power would never end",
-            )
-        )
+    """Combinations that would leave the device silent: (keys involved, why). The config file's
+    own pair rules (`config.pair_problems`), and what only a remote change could break."""
+    p = cfg.policy
+    out = [(keys, f"refused: {why}") for keys, why in config_mod.pair_problems(p)]
     spool_span = cfg.spool.max_fixes * p.min_interval_s
     if p.heartbeat_s > spool_span:
         out.append(
@@ -274,6 +260,18 @@ def evaluate(cfg: Config, desired: Any) -> Change:
 
 
 # ---- persistence -------------------------------------------------------------------------------
+
+
+def apply_saved(
+    cfg: Config, store_path: str | os.PathLike[str]
+) -> tuple[Config, dict[str, dict[str, Any]]]:
+    """The config in force, at start and on reload: the file's `cfg` with the saved remote
+    settings that still pass applied on top (each one refused is logged); and those settings."""
+    remote = load_persisted(store_path)
+    change = evaluate(cfg, remote)
+    for path, why in change.rejected.items():
+        log.warning("saved remote setting %s not applied: %s", path, why)
+    return change.config, remote
 
 
 def default_store_path(cfg: Config) -> Path:

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from tracker import __version__
+from tracker.codec import MAX_PAYLOAD
 from tracker.config import THING_NAME_RE, Config
 from tracker.errors import ConfigError
 from tracker.settings_store import (
+    apply_saved,
     clip,
     evaluate,
     in_force,
-    load_persisted,
     printable,
     save_persisted,
 )
@@ -35,7 +36,6 @@ from tracker.settings_store import (
 log = logging.getLogger("tracker.shadow")
 
 SHADOW_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,64}")
-MAX_INBOUND = 128 * 1024  # AWS IoT Core's message size limit; anything bigger is not the shadow
 MAX_DEPTH = 32  # the shadow service allows 8 levels of state; metadata and wrappers add a few
 REPORT_LIMIT = 8 * 1024  # the shadow service's limit for one state document
 MAX_ERRORS = 10  # config_errors entries reported; one more line says how many were left out
@@ -75,8 +75,8 @@ def _reject_constant(name: str) -> Any:
 
 def parse(payload: bytes) -> dict[str, Any]:
     """A shadow message as a JSON object; ValueError for anything else (never another error)."""
-    if len(payload) > MAX_INBOUND:
-        raise ValueError(f"{len(payload)} bytes is more than the {MAX_INBOUND} a message can be")
+    if len(payload) > MAX_PAYLOAD:  # anything bigger is not the shadow
+        raise ValueError(f"{len(payload)} bytes is more than the {MAX_PAYLOAD} a message can be")
     try:
         doc = json.loads(payload, parse_constant=_reject_constant)
     except RecursionError:
@@ -198,11 +198,8 @@ class ShadowSync:
         self.prefix = shadow_prefix(thing_name, shadow_name)
         self.store_path = Path(store_path)
         self.software = software
-        self._remote = load_persisted(self.store_path)  # {section: {key: value}} set remotely
-        change = evaluate(cfg, self._remote)
-        for path, why in change.rejected.items():
-            log.warning("saved remote setting %s not applied: %s", path, why)
-        self.config = change.config
+        # the config in force, and the settings set remotely so far ({section: {key: value}})
+        self.config, self._remote = apply_saved(cfg, self.store_path)
         self._errors: dict[str, str] = {}  # refusals of the last desired state looked at
         self._version: int | None = None  # highest shadow version acted on this connection
         self._get_token: str | None = None

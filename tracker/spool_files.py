@@ -1,7 +1,7 @@
 """The spool's files beside its database: the seq sidecar and corrupt files moved aside.
 
-Standard library (os, json, pathlib) and `tracker.errors` only; must not import sqlite3: only
-`tracker.spool` does.
+Standard library (os, json, pathlib), `tracker.errors` and `tracker.files` only; must not import
+sqlite3: only `tracker.spool` does.
 """
 
 from __future__ import annotations

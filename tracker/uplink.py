@@ -1,7 +1,9 @@
 """The MQTT 5 connection to AWS IoT Core: mutual TLS, QoS 1 publishes, lifecycle -> events.
 
-The only module that imports awsiot/awscrt. SDK callbacks only build an event and call `post`;
-they never block and never touch the spool or the state machine.
+Owns the AWS SDK's MQTT client; besides it only `tracker.collect_link` (the collector's client,
+built with `mtls_client`) and `tracker.identity` (fleet provisioning) import the SDK, as
+tests/test_boundaries.py checks. SDK callbacks only build an event and call `post`; they never
+block and never touch the spool or the state machine.
 """
 
 from __future__ import annotations
@@ -10,17 +12,16 @@ import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from tracker.config import THING_NAME_RE, AwsConfig
+from tracker.config import MAX_TOPIC_BYTES, THING_NAME_RE, AwsConfig
 from tracker.errors import UplinkError
 from tracker.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed, SubscribeRefused
+from tracker.files import read_file
 
-MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit, Basic Ingest prefix included
 # PUBACK reason codes that mean the broker has the message; any other (or none) is a failure
 _PUBACK_OK = {0x00, 0x10}  # SUCCESS, NO_MATCHING_SUBSCRIBERS
 PING_TIMEOUT_MS = 30_000
@@ -46,17 +47,50 @@ def check_topic(topic: str) -> None:
 
 def _check_pem(key: str, path: str, marker: bytes) -> None:
     """Fail early, naming the config key, on a missing, unreadable or non-PEM file."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise UplinkError(f"[aws] {key} file {path} does not exist") from None
-    except PermissionError:
-        raise UplinkError(f"[aws] {key} file {path} is not readable by this user") from None
-    except OSError as exc:
-        raise UplinkError(f"[aws] {key} file {path} cannot be read: {exc.strerror}") from exc
+    data = read_file(path, f"[aws] {key} file", UplinkError)
     if b"-----BEGIN " not in data or marker not in data:
         raise UplinkError(f"[aws] {key} file {path} is not a PEM {marker.decode().strip('- ')}")
+
+
+def mtls_client(
+    aws: AwsConfig, client_id: str, reconnect_ms: tuple[int, int], **options: Any
+) -> Any:
+    """A new (not started) MQTT 5 client with what the tracker's two clients (this uplink and the
+    collector's link) share: the credential files checked first, mutual TLS to the endpoint and
+    port, the keep-alive and its ping timeout, full-jitter reconnects between `reconnect_ms`, no
+    metrics. `options` are the builder's other arguments: session, queue, flow control, callbacks.
+    UplinkError names the file or the mismatch."""
+    _check_pem("cert", aws.cert, b"CERTIFICATE-----")
+    _check_pem("key", aws.key, b"PRIVATE KEY-----")
+    _check_pem("ca", aws.ca, b"CERTIFICATE-----")
+    try:
+        return mqtt5_client_builder.mtls_from_path(
+            cert_filepath=aws.cert,
+            pri_key_filepath=aws.key,
+            ca_filepath=aws.ca,
+            endpoint=aws.endpoint,
+            port=aws.port,  # without it the builder picks 443 + ALPN
+            client_id=client_id,
+            keep_alive_interval_sec=aws.keepalive_s,
+            ping_timeout_ms=min(PING_TIMEOUT_MS, (aws.keepalive_s - 1) * 1000),
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+            min_reconnect_delay_ms=reconnect_ms[0],
+            max_reconnect_delay_ms=reconnect_ms[1],
+            enable_metrics_collection=False,
+            **options,
+        )
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise UplinkError(
+            f"[aws] key {aws.key} does not match cert {aws.cert}, or cert/key/ca "
+            f"{aws.ca} holds no valid PEM data ({describe(exc)})"
+        ) from exc
+
+
+def stop_client(client: Any, stopped: threading.Event, timeout: float) -> None:
+    """Stop an SDK client (None: nothing to stop) and wait up to `timeout` for it to say so."""
+    if client is not None:
+        client.stop()
+        stopped.wait(timeout)
 
 
 def describe(exc: BaseException | None) -> str:
@@ -132,9 +166,6 @@ class Uplink:
         if self._client is not None:
             return
         aws = self._aws
-        _check_pem("cert", aws.cert, b"CERTIFICATE-----")
-        _check_pem("key", aws.key, b"PRIVATE KEY-----")
-        _check_pem("ca", aws.ca, b"CERTIFICATE-----")
         flow = (
             mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
             if aws.flow_control
@@ -148,42 +179,27 @@ class Uplink:
         with self._gen_lock:
             self._gen += 1
             gen = self._gen
-        try:
-            client = mqtt5_client_builder.mtls_from_path(
-                cert_filepath=aws.cert,
-                pri_key_filepath=aws.key,
-                ca_filepath=aws.ca,
-                endpoint=aws.endpoint,
-                port=aws.port,  # without it the builder picks 443 + ALPN
-                client_id=self._thing,
-                keep_alive_interval_sec=aws.keepalive_s,
-                ping_timeout_ms=min(PING_TIMEOUT_MS, (aws.keepalive_s - 1) * 1000),
-                # a PUBACK that never comes on a live connection must not hold a window slot
-                # forever: the publish fails, its fixes go back to the spool and out again
-                ack_timeout_sec=ACK_TIMEOUT_S,
-                session_behavior=session,
-                # QoS 1 publishes survive a lost connection and go again after reconnecting (the
-                # forwarder relies on it: it does not resend what is in flight on LinkDown)
-                offline_queue_behavior=(
-                    mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT
-                ),
-                session_expiry_interval_sec=aws.session_expiry_s or None,
-                extended_validation_and_flow_control_options=flow,
-                retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-                min_reconnect_delay_ms=self._reconnect_ms[0],
-                max_reconnect_delay_ms=self._reconnect_ms[1],
-                enable_metrics_collection=False,
-                on_publish_received=self._on_publish_received,
-                on_lifecycle_connection_success=self._current(gen, self._on_connection_success),
-                on_lifecycle_connection_failure=self._current(gen, self._on_connection_failure),
-                on_lifecycle_disconnection=self._current(gen, self._on_disconnection),
-                on_lifecycle_stopped=self._current(gen, self._on_stopped),
-            )
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:
-            raise UplinkError(
-                f"[aws] key {aws.key} does not match cert {aws.cert}, or cert/key/ca "
-                f"{aws.ca} holds no valid PEM data ({describe(exc)})"
-            ) from exc
+        client = mtls_client(
+            aws,
+            self._thing,
+            self._reconnect_ms,
+            # a PUBACK that never comes on a live connection must not hold a window slot
+            # forever: the publish fails, its fixes go back to the spool and out again
+            ack_timeout_sec=ACK_TIMEOUT_S,
+            session_behavior=session,
+            # QoS 1 publishes survive a lost connection and go again after reconnecting (the
+            # forwarder relies on it: it does not resend what is in flight on LinkDown)
+            offline_queue_behavior=(
+                mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT
+            ),
+            session_expiry_interval_sec=aws.session_expiry_s or None,
+            extended_validation_and_flow_control_options=flow,
+            on_publish_received=self._on_publish_received,
+            on_lifecycle_connection_success=self._current(gen, self._on_connection_success),
+            on_lifecycle_connection_failure=self._current(gen, self._on_connection_failure),
+            on_lifecycle_disconnection=self._current(gen, self._on_disconnection),
+            on_lifecycle_stopped=self._current(gen, self._on_stopped),
+        )
         self._stopped.clear()
         self._client = client
         client.start()
@@ -216,10 +232,7 @@ class Uplink:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect and let go of the client; pending publishes fail (PubFailed)."""
         client, self._client = self._client, None
-        if client is None:
-            return
-        client.stop()
-        self._stopped.wait(timeout)
+        stop_client(client, self._stopped, timeout)
 
     # SDK callbacks: they run on the SDK's event-loop thread; build an event and post it.
 

@@ -20,7 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from support.broker import free_port
+from benchkit.broker import free_port
+
 from tracker.codec import encode_batch, encode_live
 from tracker.fix import Record
 from tracker.replay import fixes_of

@@ -17,13 +17,12 @@ from typing import Any
 
 from awscrt import mqtt
 from awsiot import mqtt_connection_builder
+from benchkit.broker import Broker
+from benchkit.pki import Pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-
-from support.broker import Broker
-from support.pki import Pki
 
 CREATE_FROM_CSR = "$aws/certificates/create-from-csr/json"
 CREATE_KEYS = "$aws/certificates/create/json"

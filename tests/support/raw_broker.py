@@ -11,7 +11,8 @@ import socket
 import ssl
 import threading
 
-from support.pki import Pki
+from benchkit.pki import Pki
+
 from tracker.config import AwsConfig
 
 

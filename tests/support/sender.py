@@ -1,58 +1,31 @@
 """Spool + Forwarder + Uplink on one event queue, as the daemon wires them; also a child program.
 
-`ForwardLoop` drives the three from a test; `python -m support.sender CONFIG_JSON` runs one as a
-child process that puts synthetic fixes at a high rate until killed (the SIGKILL scenario), or
-drains the spool and exits (`"drain": true`). Imports no test fixtures.
+`ForwardLoop` drives the three from a test; `python -m support.sender CONFIG_JSON` (`start_child`)
+runs one as a child process that puts synthetic fixes (`benchkit.fixes`) at a high rate until
+killed (the SIGKILL scenario), or drains the spool and exits (`"drain": true`). Imports no test
+fixtures.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from benchkit.fixes import synthetic_fix
 
 from tracker import codec
 from tracker.config import AwsConfig
 from tracker.events import Event, LinkDown, LinkUp, PubAck, PubFailed
-from tracker.fix import Fix
 from tracker.forward import Forwarder
 from tracker.spool import Spool
 from tracker.uplink import Uplink
-
-T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
-
-
-def synthetic_fix(i: int) -> Fix:
-    """A plausible moving fix, one second after fix i-1."""
-    return Fix(
-        time=T0 + timedelta(seconds=i),
-        lat=52.0 + i * 1e-5,
-        lon=4.3 + i * 2e-5,
-        alt=12.5 + (i % 7),
-        speed=3.2,
-        course=float(i % 360),
-        mode=3,
-        sats=9,
-        hdop=0.9,
-    )
-
-
-def fill(spool: Spool, n: int) -> None:
-    """Add n fixes quickly: a test set-up step, so the per-fix fsync is switched off meanwhile."""
-    db = spool._db  # set-up only; the spool's durability is tested by its own tests
-    assert db is not None
-    db.execute("PRAGMA synchronous = OFF")
-    try:
-        start = spool.stats().next_seq
-        for i in range(start, start + n):
-            spool.put(synthetic_fix(i), "interval")
-    finally:
-        db.execute("PRAGMA synchronous = FULL")
 
 
 class _Recorder:
@@ -187,6 +160,32 @@ def main(argv: list[str]) -> int:
             loop.step(min(wait, 0.05))
     loop.close()
     return 1
+
+
+def child_config(aws: AwsConfig, thing: str, spool: Path, **options: object) -> dict[str, object]:
+    """The CONFIG_JSON of a sender child for `aws` (`options`: period_s, max_s, drain)."""
+    keys = ("endpoint", "port", "cert", "key", "ca", "flow_control")
+    return {
+        "aws": {k: getattr(aws, k) for k in keys},
+        "thing": thing,
+        "spool": str(spool),
+        **options,
+    }
+
+
+def start_child(
+    cfg: dict[str, object], stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """`python -m support.sender CONFIG_JSON` as a child, with tests/ and scripts/ on its path."""
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(str(p) for p in (root / "tests", root / "scripts", root))
+    return subprocess.Popen(
+        [sys.executable, "-m", "support.sender", json.dumps(cfg)],
+        env=dict(os.environ, PYTHONPATH=path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -187,9 +186,3 @@ class Pki:
     def foreign_client(self) -> Identity:
         """A client certificate signed by another CA: the broker rejects it."""
         return _issue(self._other, self.dir, "client-foreign", self.thing_name, server=False)
-
-
-@pytest.fixture(name="pki")
-def pki_fixture(tmp_path: Path) -> Pki:
-    """A fresh test PKI in this test's temporary directory."""
-    return Pki(tmp_path / "pki")

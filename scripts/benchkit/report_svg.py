@@ -1,6 +1,6 @@
 """SVG pictures of a bench run: the received track and the state/backlog timeline.
 
-Pure functions of `tracker.report`'s data; standard library and `tracker.report` only, no plotting
+Pure functions of `benchkit.report`'s data; standard library and `benchkit.report` only, no plotting
 library, no I/O but the caller's.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from xml.sax.saxutils import escape
 
-from tracker.report import Fault, Point, Status, Timebase, gps_at, state_at, timebase, undelivered
+from benchkit.report import Fault, Point, Status, Timebase, gps_at, state_at, timebase, undelivered
 
 STATE_COLOURS = {
     "idle": "#9e9e9e",

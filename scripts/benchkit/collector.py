@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support.broker import Broker
-from support.pki import Identity
-from support.procs import stop_process
+from benchkit.broker import Broker
+from benchkit.pki import Identity
+from benchkit.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID = "tracker-collector"

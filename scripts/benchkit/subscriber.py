@@ -9,15 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from support.broker import Broker
-from support.pki import CLOUD_NAME, Identity
+from benchkit.broker import Broker
+from benchkit.pki import CLOUD_NAME, Identity
 
 LOCATION_FILTER = "dt/tracker/+/location"
 
@@ -159,13 +158,3 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@pytest.fixture(name="subscriber")
-def subscriber_fixture(broker: Broker) -> Iterator[Subscriber]:
-    """A cloud consumer subscribed to every tracker's location topic on `broker`."""
-    sub = Subscriber(broker)
-    try:
-        yield sub.start()
-    finally:
-        sub.stop()

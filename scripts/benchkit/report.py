@@ -1,6 +1,6 @@
-"""The bench's report: summary, seq gaps and duplicates, GPX/GeoJSON of the received track (the
-SVG pictures are `tracker.report_svg`). Pure functions of what was received; standard library and
-`tracker.codec`/`tracker.fix` only, no I/O but the caller's.
+"""The bench's report: summary, seq gaps and duplicates, GeoJSON of the received track (the
+SVG pictures are `benchkit.report_svg`). Pure functions of what was received; standard library and
+the tracker's codec, fix and PUBLISH size (`tracker.forward`) only, no I/O but the caller's.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
-from xml.sax.saxutils import escape
 
 from tracker import codec
 from tracker.errors import CodecError
-from tracker.fix import Fix, format_time, parse_time
+from tracker.fix import Fix, parse_time
 from tracker.forward import publish_packet_bytes
 
 
@@ -227,28 +226,6 @@ def state_at(statuses: Sequence[Status], when: float) -> str:
 
 
 # ---- track files --------------------------------------------------------------------------------
-
-
-def to_gpx(points: Sequence[Point], name: str = "tracker bench") -> str:
-    """A GPX 1.1 track of the points, in order."""
-    rows = []
-    for p in points:
-        f = p.fix
-        ele = f"<ele>{f.alt:.1f}</ele>" if f.alt is not None else ""
-        sat = f"<sat>{f.sats}</sat>" if f.sats is not None else ""
-        hdop = f"<hdop>{f.hdop:.2f}</hdop>" if f.hdop is not None else ""
-        rows.append(
-            f'      <trkpt lat="{f.lat:.7f}" lon="{f.lon:.7f}">{ele}'
-            f"<time>{format_time(f.time)}</time><desc>seq {p.seq} {escape(p.trigger)}</desc>"
-            f"<fix>{'3d' if f.mode == 3 else '2d'}</fix>{sat}{hdop}</trkpt>"
-        )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<gpx version="1.1" creator="tracker bench" xmlns="http://www.topografix.com/GPX/1/1">\n'
-        f"  <trk><name>{escape(name)}</name>\n    <trkseg>\n"
-        + "\n".join(rows)
-        + "\n    </trkseg>\n  </trk>\n</gpx>\n"
-    )
 
 
 def to_geojson(points: Sequence[Point], statuses: Sequence[Status] = ()) -> dict[str, Any]:

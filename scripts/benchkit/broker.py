@@ -11,15 +11,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from support.pki import Identity, Pki
-from support.procs import stop_process
+from benchkit.pki import Identity, Pki
+from benchkit.procs import stop_process
 from tracker.config import AwsConfig
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -183,14 +180,3 @@ class Broker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@pytest.fixture(name="broker")
-def broker_fixture(pki: Pki, tmp_path: Path) -> Iterator[Broker]:
-    """A running broker (no persistence) for this test; killed and reaped at the end."""
-    b = Broker(pki, tmp_path / "broker")
-    try:
-        b.start()
-        yield b
-    finally:
-        b.close()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from support.broker import Broker
+from benchkit.broker import Broker
 
 Sections = Mapping[str, Mapping[str, Any]]
 

@@ -1,4 +1,4 @@
-"""FakeGps: a real pty that pyserial opens like a receiver; unplug, replug, no leaks."""
+"""benchkit.fake_gps.FakeGps: a real pty pyserial opens like a receiver; unplug, replug, leaks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import serial
+from benchkit.fake_gps import FakeGps
 
 from hw.protocol_replay import split_recording
-from hw.pty import FakeGps
 
 DATA = Path(__file__).parent / "data" / "nmea"
 
