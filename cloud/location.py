@@ -22,9 +22,9 @@ import boto3
 from botocore.config import Config
 
 from cloud.message import Message, parse
-from tracker.codec import decode
-from tracker.errors import CodecError
-from tracker.fix import Record
+from tracker.core.errors import CodecError
+from tracker.core.fix import Record
+from tracker.link.codec import decode
 
 log = logging.getLogger("cloud.location")
 log.setLevel(logging.INFO)

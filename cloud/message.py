@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from tracker.codec import MAX_PAYLOAD
-from tracker.errors import CodecError
+from tracker.core.errors import CodecError
+from tracker.link.codec import MAX_PAYLOAD
 
-THING_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,128}")  # as tracker.config checks it on the device
+THING_NAME_RE = re.compile(
+    r"[A-Za-z0-9:_-]{1,128}"
+)  # as tracker.core.config checks it on the device
 KINDS = ("location", "condition")
 _Y10K = 253_402_300_800_000  # ms: datetime cannot go further
 

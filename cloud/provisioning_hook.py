@@ -33,7 +33,7 @@ log = logging.getLogger("cloud.provisioning_hook")
 log.setLevel(logging.INFO)
 
 THING_PREFIX = "tracker-"  # the template's ThingName is Fn::Join ["", ["tracker-", SerialNumber]]
-SERIAL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as tracker.identity checks it on the board
+SERIAL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as tracker.setup.identity checks it on the board
 TABLE_ENV = "ALLOWED_SERIALS_TABLE"
 
 

@@ -1,7 +1,7 @@
 """Amazon Data Firehose transformation: tracker messages -> one JSON line per fix.
 
 Each input record's data is the IoT rule's output (`cloud.message`). A location message, live or
-batch, is expanded with `tracker.codec.decode` into one line per fix:
+batch, is expanded with `tracker.link.codec.decode` into one line per fix:
 
     {"kind":"fix","thing":"tracker-1","seq":1041,"trigger":"interval","time":"...","lat":...,
      "lon":...,"alt":...,"speed":...,"course":...,"mode":3,"sats":8,"hdop":1.9,
@@ -31,9 +31,9 @@ from datetime import datetime
 from typing import Any
 
 from cloud.message import Message, parse
-from tracker.codec import decode
-from tracker.errors import CodecError
-from tracker.fix import Record
+from tracker.core.errors import CodecError
+from tracker.core.fix import Record
+from tracker.link.codec import decode
 
 log = logging.getLogger("cloud.transform")
 
@@ -103,7 +103,7 @@ def _enc(v: Any) -> str:
 
 
 def _time(t: datetime) -> str:
-    """`tracker.fix.format_time` for the UTC times the codec returns, in a third of the time."""
+    """`tracker.core.fix.format_time` for the UTC times the codec returns, in a third of the time."""
     if t.microsecond:
         return t.isoformat(timespec="milliseconds")[:23] + "Z"
     return t.isoformat(timespec="seconds")[:19] + "Z"

@@ -26,7 +26,7 @@ def candidate_rates(configured: int) -> list[int]:
 
 def count_valid_nmea(data: bytes) -> int:
     """Checksum-valid NMEA sentences in `data` (the framer is imported on first use)."""
-    from tracker.nmea import count_valid_sentences
+    from tracker.receiver.nmea import count_valid_sentences
 
     return count_valid_sentences(data)
 

@@ -19,8 +19,8 @@ import serial
 from serial.serialutil import SerialException
 
 from hw.baud import count_valid_nmea, detect_baudrate
-from tracker.clock import Clock, SystemClock
-from tracker.errors import GpsError
+from tracker.core.clock import Clock, SystemClock
+from tracker.core.errors import GpsError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from tracker.errors import HardwareError
+from tracker.core.errors import HardwareError
 
 Write = Callable[[bytes], None]
 

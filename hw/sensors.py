@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from hw.power import flag, import_gpiod, parse_gpio
-from tracker.clock import Clock, SystemClock
-from tracker.errors import HardwareError
+from tracker.core.clock import Clock, SystemClock
+from tracker.core.errors import HardwareError
 
 log = logging.getLogger(__name__)
 

@@ -202,7 +202,7 @@ class Bench:
         from benchkit.fake_gps import FakeGps
         from benchkit.pki import Pki
 
-        from tracker.spool import Spool
+        from tracker.spool.store import Spool
 
         sched, work, out = self.sched, self.work, self.out
         self.ui.event(
@@ -326,7 +326,7 @@ class Bench:
 
     def received_points(self, lines: str) -> report.Received:
         """The lake's track (one point per seq, first arrival) and the collector's counters."""
-        from tracker.lake import parse_fix_line
+        from tracker.twin.lake import parse_fix_line
 
         st = self.collector_stats
         out = report.Received(

@@ -30,11 +30,11 @@ from benchkit.fixes import synthetic_fix  # noqa: E402
 from benchkit.pki import Pki  # noqa: E402
 from benchkit.subscriber import Subscriber  # noqa: E402
 
-from tracker.codec import encode_live  # noqa: E402
-from tracker.collect import CollectConfig, Collector, CollectSection  # noqa: E402
-from tracker.collect_link import CollectLink, Delivery, LinkState  # noqa: E402
-from tracker.fix import Record  # noqa: E402
-from tracker.lake import LakeWriter  # noqa: E402
+from tracker.core.fix import Record  # noqa: E402
+from tracker.link.codec import encode_live  # noqa: E402
+from tracker.twin.collect import CollectConfig, Collector, CollectSection  # noqa: E402
+from tracker.twin.collect_link import CollectLink, Delivery, LinkState  # noqa: E402
+from tracker.twin.lake import LakeWriter  # noqa: E402
 
 TOPIC = "dt/tracker/bench-tracker/location"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 
 DEFAULT_FILE = ROOT / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
 

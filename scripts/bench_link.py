@@ -51,12 +51,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in map(str, (REPO, REPO / "scripts")) if p not in sys.path]
 
-from tracker import codec  # noqa: E402
-from tracker.config import AwsConfig  # noqa: E402
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
-from tracker.errors import CodecError  # noqa: E402
-from tracker.fix import Fix  # noqa: E402
-from tracker.nmea import frame  # noqa: E402
+from tracker.core.config import AwsConfig  # noqa: E402
+from tracker.core.errors import CodecError  # noqa: E402
+from tracker.core.fix import Fix  # noqa: E402
+from tracker.link import codec  # noqa: E402
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
+from tracker.receiver.nmea import frame  # noqa: E402
 
 RECORDING = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
 THING = "bench-tracker-1"
@@ -435,7 +435,7 @@ class Run:
         self.gps.close()
 
     def result(self) -> Result:
-        from tracker.spool import Spool
+        from tracker.spool.store import Spool
 
         assert self.relay is not None
         r = Result()

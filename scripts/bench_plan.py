@@ -1,7 +1,7 @@
 """The bench's plan: its command line (checked), the recording's schedule, when the faults strike
 and the daemon's config. Pure but for reading the recording.
 
-Standard library, `hw.protocol_replay` and `tracker.fix` only (scripts/bench.py puts the repository
+Standard library, `hw.protocol_replay` and `tracker.core.fix` only (scripts/bench.py puts the repository
 on sys.path); never the daemon nor tests/support.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hw.protocol_replay import line_time, pacing, recorded_gap, split_recording
-from tracker.fix import Fix
+from tracker.core.fix import Fix
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RECORDING = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tracker.codec import encode_batch, encode_live
-from tracker.fix import Fix, Record
-from tracker.spool import Spool
+from tracker.core.fix import Fix, Record
+from tracker.link.codec import encode_batch, encode_live
+from tracker.spool.store import Spool
 
 DRIVE = Path(__file__).resolve().parents[1] / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"
 BLOCK = 5 * 1024  # AWS IoT Core meters messages in 5 KB blocks
@@ -37,7 +37,7 @@ def io_counters() -> dict[str, int]:
 def drive_fixes() -> list[Fix]:
     """The 2.5 h drive's fixes, or a synthetic track when the decoder is not there."""
     try:
-        from tracker.replay import fixes_of
+        from tracker.receiver.replay import fixes_of
 
         with open(DRIVE, "rb") as f:
             return fixes_of(f)[0]

@@ -38,9 +38,9 @@ TARGET_MB = 128
 
 
 def payloads_of_drive() -> list[tuple[bytes, int]]:
-    from tracker.codec import encode_batch
-    from tracker.fix import Record
-    from tracker.replay import fixes_of
+    from tracker.core.fix import Record
+    from tracker.link.codec import encode_batch
+    from tracker.receiver.replay import fixes_of
 
     with DRIVE.open("rb") as f:
         fixes, _ = fixes_of(f)

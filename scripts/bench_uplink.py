@@ -23,13 +23,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracker import codec  # noqa: E402
-from tracker.clock import FakeClock  # noqa: E402
-from tracker.config import AwsConfig  # noqa: E402
-from tracker.events import Event, LinkUp, PubAck, PubFailed  # noqa: E402
-from tracker.forward import Forwarder, publish_packet_bytes  # noqa: E402
-from tracker.spool import Spool  # noqa: E402
-from tracker.uplink import Uplink  # noqa: E402
+from tracker.core.clock import FakeClock  # noqa: E402
+from tracker.core.config import AwsConfig  # noqa: E402
+from tracker.core.events import Event, LinkUp, PubAck, PubFailed  # noqa: E402
+from tracker.link import codec  # noqa: E402
+from tracker.link.forward import Forwarder, publish_packet_bytes  # noqa: E402
+from tracker.link.uplink import Uplink  # noqa: E402
+from tracker.spool.store import Spool  # noqa: E402
 
 THING = "bench-tracker"
 BASELINE_CAP = 1000
@@ -102,7 +102,7 @@ def child_naive(aws: AwsConfig, n: int) -> dict[str, Any]:
     """One JSON message per fix, all handed to the SDK at once, then every PUBACK awaited."""
     from benchkit.fixes import synthetic_fix
 
-    from tracker.fix import Record
+    from tracker.core.fix import Record
 
     station = Station(aws)
     payloads = [codec.encode_live(Record(i, synthetic_fix(i), "interval")) for i in range(1, n + 1)]
@@ -129,7 +129,7 @@ def child_live(aws: AwsConfig, spool_path: str | None, n: int) -> dict[str, Any]
     """Fixes one at a time: put (fsync) -> live publish -> PUBACK; or a bare publish."""
     from benchkit.fixes import synthetic_fix
 
-    from tracker.fix import Record
+    from tracker.core.fix import Record
 
     station = Station(aws)
     clock = FakeClock()  # the spool's ack-flush timer sees 1 s between fixes, as at 1 Hz

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracker import codec  # noqa: E402
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
-from tracker.fix import Record  # noqa: E402
+from tracker.core.fix import Record  # noqa: E402
+from tracker.link import codec  # noqa: E402
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 
 DRIVE = ROOT / "tests" / "data" / "nmea" / "nmeaparser" / "NmeaSampleData.txt"
 TOPIC = "dt/tracker/truck-0001/location"

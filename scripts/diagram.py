@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print the device state machine as a Mermaid diagram and its trigger/guard table (Markdown).
 
-Both are generated from `tracker.machine` itself, so the README cannot drift from the code:
+Both are generated from `tracker.device.machine` itself, so the README cannot drift from the code:
     PYTHONPATH=. python scripts/diagram.py > /tmp/machine.md
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracker.machine import mermaid, trigger_table
+from tracker.device.machine import mermaid, trigger_table
 
 
 def main() -> int:

@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracker import codec  # noqa: E402
-from tracker import decode as decode_cli  # noqa: E402
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
-from tracker.errors import CodecError  # noqa: E402
-from tracker.fix import Fix, Record, fix_problem  # noqa: E402
-from tracker.nmea import frame  # noqa: E402
+from tracker.core.errors import CodecError  # noqa: E402
+from tracker.core.fix import Fix, Record, fix_problem  # noqa: E402
+from tracker.link import codec  # noqa: E402
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
+from tracker.receiver.nmea import frame  # noqa: E402
+from tracker.twin import decode as decode_cli  # noqa: E402
 
 TALKERS = ("GP", "GN", "GL", "GA", "GB", "BD", "QZ", "GQ", "II", "")
 # slot kinds per sentence type, after the address field

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracker.replay import fix_json, fixes_of  # noqa: E402
+from tracker.receiver.replay import fix_json, fixes_of  # noqa: E402
 
 CORPUS = ROOT / "tests/data/nmea"
 GOLDEN = ROOT / "tests/data/golden"

@@ -10,8 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracker.config import reference_markdown  # noqa: E402
-from tracker.settings_store import settings_table  # noqa: E402
+from tracker.core.config import reference_markdown  # noqa: E402
+from tracker.link.settings_store import settings_table  # noqa: E402
 
 
 def replace_after(text: str, marker: str, body: str, ends_at: str) -> str:

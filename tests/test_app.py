@@ -20,14 +20,14 @@ from support.fake_uplink import FakeUplink
 
 from hw.power import open_power
 from hw.sensors import open_battery, open_motion, open_temperature
-from tracker import config
-from tracker.app import App, Parts, make_decoder
-from tracker.clock import FakeClock
-from tracker.epoch import Epoch
-from tracker.errors import HardwareError, UplinkError
-from tracker.events import GpsEpoch, GpsPort, Inbound, LinkDown, LinkUp, SignalReceived
-from tracker.machine import State
-from tracker.spool import Spool
+from tracker.core import config
+from tracker.core.clock import FakeClock
+from tracker.core.errors import HardwareError, UplinkError
+from tracker.core.events import GpsEpoch, GpsPort, Inbound, LinkDown, LinkUp, SignalReceived
+from tracker.daemon.app import App, Parts, make_decoder
+from tracker.device.machine import State
+from tracker.receiver.epoch import Epoch
+from tracker.spool.store import Spool
 
 DATA = Path(__file__).parent / "data" / "nmea"
 THING = "truck-7"
@@ -430,7 +430,7 @@ gps = "sim://"
 
 def _timed_locations(h: Harness) -> list[tuple[float, list[Any]]]:
     """Wrap the fake uplink: (monotonic time, records) of every location message."""
-    from tracker import codec
+    from tracker.link import codec
 
     sent: list[tuple[float, list[Any]]] = []
     publish = h.uplink.publish
@@ -478,7 +478,7 @@ def test_max_delay_zero_sends_each_fix_in_its_own_message(tmp_path: Path) -> Non
 
 def test_a_publish_without_puback_in_time_reconnects_and_resends(harness: Harness) -> None:
     """With a long keep-alive a dead link shows first as a missing PUBACK: reconnect then."""
-    from tracker.events import PubFailed
+    from tracker.core.events import PubFailed
 
     harness.auto_ack = False
     harness.event(LinkUp())

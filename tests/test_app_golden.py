@@ -14,9 +14,9 @@ import pytest
 from support.golden import check_golden
 from test_app import Harness, make_app
 
-from tracker import codec
-from tracker.events import LinkUp
-from tracker.fix import format_time
+from tracker.core.events import LinkUp
+from tracker.core.fix import format_time
+from tracker.link import codec
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "app"
 

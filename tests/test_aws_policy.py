@@ -11,8 +11,8 @@ import awsiot
 import pytest
 from support.identity_responder import evaluate
 
-from tracker import identity
-from tracker.config import THING_NAME_RE, AwsConfig
+from tracker.core.config import THING_NAME_RE, AwsConfig
+from tracker.setup import identity
 
 AWS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "aws"
 SDK = Path(awsiot.__file__).parent

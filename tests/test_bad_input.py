@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from test_app import Harness, make_app
 
-from tracker import codec
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
-from tracker.errors import CodecError
-from tracker.events import GpsEpoch, LinkDown, LinkUp
-from tracker.fix import FIELD_LIMITS, Fix, Record, fix_problem
-from tracker.nmea import frame
+from tracker.core.errors import CodecError
+from tracker.core.events import GpsEpoch, LinkDown, LinkUp
+from tracker.core.fix import FIELD_LIMITS, Fix, Record, fix_problem
+from tracker.link import codec
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder
+from tracker.receiver.nmea import frame
 
 DRIVE = Path(__file__).parent / "data" / "nmea" / "nmeaparser" / "NmeaSampleData.txt"
 RMC = "GPRMC,235600,A,3924.2309,N,11944.8224,W,44.6,153.5,250905,15.2,E,A"
@@ -96,12 +96,12 @@ def test_zda_years_outside_gps_time_are_refused() -> None:
 
 
 def test_a_parser_bug_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tracker.epoch
+    import tracker.receiver.epoch
 
     def broken(body: str) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(tracker.epoch, "parse_sentence", broken)
+    monkeypatch.setattr(tracker.receiver.epoch, "parse_sentence", broken)
     _, dec = decode_all(frame(RMC))
     assert dec.stats.dropped == {"parse_error_RMC": 1}
 
@@ -235,7 +235,7 @@ def test_a_stored_record_no_codec_can_carry_is_set_aside_and_the_rest_flows(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A spool written by an older tracker holds a 1e307 m altitude: it used to crash-loop."""
-    from tracker.spool import Spool
+    from tracker.spool.store import Spool
 
     with Spool(tmp_path / "spool.db") as spool:
         for i in range(30):

@@ -16,8 +16,8 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from tracker import config
-from tracker.fix import Fix
+from tracker.core import config
+from tracker.core.fix import Fix
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVE = REPO / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"

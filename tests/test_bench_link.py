@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_link  # noqa: E402
 
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 
 
 def test_scenario_days_cover_24_hours_and_decode_to_fixes() -> None:

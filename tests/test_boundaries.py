@@ -25,24 +25,32 @@ BENCH = sorted(
 
 # the one owner of each outside world
 OWNERS = {
-    "awscrt": {"tracker/uplink.py", "tracker/collect_link.py", "tracker/identity.py"},
-    "awsiot": {"tracker/uplink.py", "tracker/collect_link.py", "tracker/identity.py"},
-    "sqlite3": {"tracker/spool.py"},
+    "awscrt": {
+        "tracker/link/uplink.py",
+        "tracker/twin/collect_link.py",
+        "tracker/setup/identity.py",
+    },
+    "awsiot": {
+        "tracker/link/uplink.py",
+        "tracker/twin/collect_link.py",
+        "tracker/setup/identity.py",
+    },
+    "sqlite3": {"tracker/spool/store.py"},
     "serial": {"hw/gps.py", "hw/protocol_gpsd.py", "hw/protocol_replay.py"},
     "boto3": {"cloud/provisioning_hook.py", "cloud/location.py"},
     "botocore": {"cloud/provisioning_hook.py", "cloud/location.py"},
 }
 # modules that decide or transform and do no I/O: no outside world, no hardware, no threads
 PURE = {
-    "tracker/fix.py", "tracker/codec.py", "tracker/errors.py", "tracker/nmea.py",
-    "tracker/sentences.py", "tracker/epoch.py", "tracker/machine.py", "tracker/policy.py",
-    "tracker/events.py", "tracker/scheduler.py",
+    "tracker/core/fix.py", "tracker/link/codec.py", "tracker/core/errors.py", "tracker/receiver/nmea.py",
+    "tracker/receiver/sentences.py", "tracker/receiver/epoch.py", "tracker/device/machine.py", "tracker/device/policy.py",
+    "tracker/core/events.py", "tracker/core/scheduler.py",
 }  # fmt: skip
 IMPURE = {"awscrt", "awsiot", "sqlite3", "serial", "socket", "ssl", "threading", "hw", "boto3"}
 # what the hardware layer may use of the application: its error types, clock and NMEA framing
-HW_MAY_USE = {"tracker.errors", "tracker.clock", "tracker.nmea"}
+HW_MAY_USE = {"tracker.core.errors", "tracker.core.clock", "tracker.receiver.nmea"}
 # what the Lambda handlers may use of the device's code: the pure codec
-CLOUD_MAY_USE = {"tracker.codec", "tracker.fix", "tracker.errors"}
+CLOUD_MAY_USE = {"tracker.link.codec", "tracker.core.fix", "tracker.core.errors"}
 
 
 def imports(path: Path) -> set[str]:
@@ -67,7 +75,7 @@ def top(name: str) -> str:
 
 
 def test_the_sources_are_found() -> None:
-    assert {"tracker/app.py", "hw/gps.py", "cloud/transform.py"} <= {rel(p) for p in SOURCES}
+    assert {"tracker/daemon/app.py", "hw/gps.py", "cloud/transform.py"} <= {rel(p) for p in SOURCES}
 
 
 @pytest.mark.parametrize("library", sorted(OWNERS))

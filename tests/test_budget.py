@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from test_app import THING, Harness
 
-from tracker import codec, config
-from tracker.app import App
-from tracker.budget import RESERVE, Budget, BudgetState, load
-from tracker.clock import FakeClock
-from tracker.config import BudgetConfig
-from tracker.events import Inbound, LinkUp
-from tracker.nmea import frame
+from tracker.core import config
+from tracker.core.clock import FakeClock
+from tracker.core.config import BudgetConfig
+from tracker.core.events import Inbound, LinkUp
+from tracker.daemon.app import App
+from tracker.device.budget import RESERVE, Budget, BudgetState, load
+from tracker.link import codec
+from tracker.receiver.nmea import frame
 
 NOON = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 

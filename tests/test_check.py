@@ -18,9 +18,10 @@ from benchkit.broker import Broker
 from benchkit.fake_gps import FakeGps
 from benchkit.pki import Pki
 
-from tracker import check, cli
-from tracker.check import Probe, Result
-from tracker.credentials import ServiceUser
+from tracker import cli
+from tracker.setup import check
+from tracker.setup.check import Probe, Result
+from tracker.setup.credentials import ServiceUser
 
 NMEA = (
     b"$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A\r\n"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import hw.baud
 import hw.gps
-import tracker.nmea
-from tracker import check
+import tracker.receiver.nmea
+from tracker.setup import check
 
-assert hw.baud and hw.gps and tracker.nmea  # imported before dropping privileges
+assert hw.baud and hw.gps and tracker.receiver.nmea  # imported before dropping privileges
 
 
 def as_nobody(fn: object) -> tuple[int, str]:

@@ -21,7 +21,7 @@ SCRIPT = ROOT / "scripts/lambda-bundle"
 EXPECTED = {
     "cloud/__init__.py", "cloud/location.py", "cloud/message.py",
     "cloud/provisioning_hook.py", "cloud/transform.py",
-    "tracker/__init__.py", "tracker/codec.py", "tracker/errors.py", "tracker/fix.py",
+    "tracker/__init__.py", "tracker/link/codec.py", "tracker/core/errors.py", "tracker/core/fix.py",
 }  # fmt: skip
 DEVICE_ONLY = ["awscrt", "awsiot", "serial", "sqlite3", "pynmea2", "transitions", "cryptography"]
 
@@ -80,8 +80,8 @@ import json, sys
 zip_path, extra = sys.argv[1], sys.argv[2:]
 sys.path[:0] = [zip_path, *extra]
 from cloud.transform import handler
-import tracker.codec
-assert tracker.codec.__file__.startswith(zip_path), tracker.codec.__file__
+import tracker.link.codec
+assert tracker.link.codec.__file__.startswith(zip_path), tracker.link.codec.__file__
 out = handler(json.load(sys.stdin))
 bad = [m for m in {device_only!r} if m in sys.modules]
 json.dump({{"out": out, "device_only": bad}}, sys.stdout)

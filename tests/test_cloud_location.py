@@ -24,7 +24,7 @@ from support.cloud import FAKE_ENV, batches, drive_records, live, rule_output
 
 from cloud import location
 from cloud.message import parse
-from tracker.codec import decode
+from tracker.link.codec import decode
 
 
 class Recorder(BaseHTTPRequestHandler):

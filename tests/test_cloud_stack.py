@@ -17,7 +17,7 @@ import pytest
 from support.cloud import batches, drive_records, firehose_event, lines, live, rule_record
 
 from cloud import transform
-from tracker.config import AwsConfig
+from tracker.core.config import AwsConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "deploy/aws/stack.yaml"

@@ -23,8 +23,8 @@ from support.cloud import (
 )
 
 from cloud import transform
-from tracker.codec import MAX_PAYLOAD, decode, encode_condition
-from tracker.decode import record_dict
+from tracker.link.codec import MAX_PAYLOAD, decode, encode_condition
+from tracker.twin.decode import record_dict
 
 TOPIC = f"{PREFIX}/{THING}/location"
 

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.codec import (
+from tracker.core.errors import CodecError
+from tracker.core.fix import Fix, Record
+from tracker.link.codec import (
     MAX_PAYLOAD,
     decode,
     encode_batch,
@@ -20,8 +22,6 @@ from tracker.codec import (
     encode_live,
     quantize,
 )
-from tracker.errors import CodecError
-from tracker.fix import Fix, Record
 
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
 
@@ -294,7 +294,7 @@ def test_v2_rejects_garbage_with_one_line(payload: bytes) -> None:
 
 
 def test_v2_refuses_a_decompression_bomb() -> None:
-    from tracker.codec import V2_DICT, V2_MAX_INFLATED
+    from tracker.link.codec import V2_DICT, V2_MAX_INFLATED
 
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, V2_DICT)
     bomb = b"\x02" + c.compress(b'{"d":[' + b"[0]," * (V2_MAX_INFLATED // 3)) + c.flush()
@@ -304,7 +304,7 @@ def test_v2_refuses_a_decompression_bomb() -> None:
 
 
 def _v2_body(body: bytes) -> bytes:
-    from tracker.codec import V2_DICT
+    from tracker.link.codec import V2_DICT
 
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, V2_DICT)
     return b"\x02" + c.compress(body) + c.flush()

@@ -17,10 +17,10 @@ from benchkit.pki import Pki
 from benchkit.subscriber import Subscriber
 
 from tracker import cli
-from tracker.codec import encode_batch, encode_live
-from tracker.collect import thing_of
-from tracker.fix import Record
-from tracker.lake import read_fixes
+from tracker.core.fix import Record
+from tracker.link.codec import encode_batch, encode_live
+from tracker.twin.collect import thing_of
+from tracker.twin.lake import read_fixes
 
 LOC = "dt/tracker/{}/location"
 

@@ -20,7 +20,7 @@ from benchkit.collector import Collector
 from benchkit.pki import Pki
 from support.sender import child_config, start_child
 
-from tracker.spool import Spool
+from tracker.spool.store import Spool
 
 TESTS = Path(__file__).resolve().parent
 

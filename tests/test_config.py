@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker import config
-from tracker.errors import ConfigError
+from tracker.core import config
+from tracker.core.errors import ConfigError
 
 MINIMAL = """
 [device]
@@ -31,9 +31,9 @@ def test_minimal_config_gets_vehicle_defaults(tmp_path: Path) -> None:
     assert cfg.device.thing_name == "truck-42"
     assert cfg.aws.port == 8883
     # pings cost the data plan: the longest keep-alive AWS allows; a dead link is noticed by
-    # the first publish left without its PUBACK (tracker.uplink.ACK_TIMEOUT_S), within a minute
+    # the first publish left without its PUBACK (tracker.link.uplink.ACK_TIMEOUT_S), within a minute
     assert cfg.aws.keepalive_s == 1200
-    from tracker.uplink import ACK_TIMEOUT_S
+    from tracker.link.uplink import ACK_TIMEOUT_S
 
     assert ACK_TIMEOUT_S <= 60
     assert cfg.aws.topic("truck-42", "location") == "dt/tracker/truck-42/location"

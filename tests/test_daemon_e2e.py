@@ -21,8 +21,8 @@ from benchkit.daemon import daemon_config
 from benchkit.fake_gps import FakeGps
 from benchkit.subscriber import Subscriber
 
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
-from tracker.spool import Spool
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder
+from tracker.spool.store import Spool
 
 # also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
 pytestmark = pytest.mark.arm64

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tracker import cli
-from tracker.codec import encode_batch, encode_live
-from tracker.fix import Fix, Record
+from tracker.core.fix import Fix, Record
+from tracker.link.codec import encode_batch, encode_live
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from support import golden
 
-from tracker.clock import FakeClock
-from tracker.config import PolicyConfig
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
-from tracker.fix import Fix, format_time
-from tracker.machine import Device, State
-from tracker.scheduler import Scheduler
+from tracker.core.clock import FakeClock
+from tracker.core.config import PolicyConfig
+from tracker.core.fix import Fix, format_time
+from tracker.core.scheduler import Scheduler
+from tracker.device.machine import Device, State
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
 
 DATA = Path(__file__).parent / "data"
 NMEA = DATA / "nmea"

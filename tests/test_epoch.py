@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.epoch import DEFAULT_DATE_FLOOR, RECORDING_DATE_FLOOR, Decoder, Epoch
+from tracker.receiver.epoch import DEFAULT_DATE_FLOOR, RECORDING_DATE_FLOOR, Decoder, Epoch
 
 CORPUS = Path(__file__).parent / "data" / "nmea"
 UTC = timezone.utc

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tracker import cli
-from tracker.fix import Fix, Record
-from tracker.lake import LakeWriter
+from tracker.core.fix import Fix, Record
+from tracker.twin.lake import LakeWriter
 
 T0 = datetime(2026, 11, 29, 22, 0, 0, tzinfo=timezone.utc)  # 23:00 in Amsterdam
 GPX = {"g": "http://www.topografix.com/GPX/1/1"}

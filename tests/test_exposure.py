@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tracker.exposure import exposure_warnings
+from tracker.daemon.exposure import exposure_warnings
 
 ROOT = Path(__file__).resolve().parents[1]
 

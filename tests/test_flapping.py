@@ -23,7 +23,7 @@ from benchkit.pki import Pki
 from benchkit.subscriber import Subscriber
 from support.sender import ForwardLoop
 
-from tracker.events import LinkDown, LinkUp
+from tracker.core.events import LinkDown, LinkUp
 
 THING = "tracker-flap-1"
 OUTAGES = 10

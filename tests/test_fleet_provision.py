@@ -15,11 +15,11 @@ from benchkit.broker import Broker
 from benchkit.pki import Pki
 from support.identity_responder import TEMPLATE_NAME, IdentityResponder
 
-from tracker import config as tconfig
-from tracker import credentials as cred
-from tracker import identity, provision
-from tracker.errors import ConfigError, ProvisionError
-from tracker.events import LinkDown, LinkUp
+from tracker.core import config as tconfig
+from tracker.core.errors import ConfigError, ProvisionError
+from tracker.core.events import LinkDown, LinkUp
+from tracker.setup import credentials as cred
+from tracker.setup import identity, provision
 
 SERIAL = "10000000c0ffee01"
 AWS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "aws"
@@ -79,7 +79,7 @@ def test_csr_flow_installs_a_working_identity(
     assert SERIAL.encode() in register[0]
 
     # the tracker connects with the new certificate
-    from tracker.uplink import Uplink
+    from tracker.link.uplink import Uplink
 
     aws = dataclasses.replace(broker.aws_config(), cert=str(cert_path(root)), key=str(key_file))
     events: queue.Queue[object] = queue.Queue()

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from benchkit.fixes import fill, synthetic_fix
 
-from tracker import codec
-from tracker.clock import FakeClock
-from tracker.forward import TIMER, Forwarder, publish_packet_bytes
-from tracker.scheduler import Scheduler
-from tracker.spool import Spool
+from tracker.core.clock import FakeClock
+from tracker.core.scheduler import Scheduler
+from tracker.link import codec
+from tracker.link.forward import TIMER, Forwarder, publish_packet_bytes
+from tracker.spool.store import Spool
 
 TOPIC = "dt/tracker/t1/location"
 

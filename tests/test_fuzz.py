@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracker import codec
-from tracker import decode as decode_cli
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
-from tracker.errors import CodecError
-from tracker.fix import Record, fix_problem
-from tracker.nmea import frame
+from tracker.core.errors import CodecError
+from tracker.core.fix import Record, fix_problem
+from tracker.link import codec
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder
+from tracker.receiver.nmea import frame
+from tracker.twin import decode as decode_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = ("RMC", "GGA", "GSA", "GLL", "GNS", "VTG", "ZDA", "GSV")

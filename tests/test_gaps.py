@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tracker import cli
-from tracker.fix import Fix, Record
-from tracker.gaps import ranges
-from tracker.lake import LakeWriter
+from tracker.core.fix import Fix, Record
+from tracker.twin.gaps import ranges
+from tracker.twin.lake import LakeWriter
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

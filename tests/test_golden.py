@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker.fix import Fix, format_time, parse_time
-from tracker.replay import fix_json, fixes_of
+from tracker.core.fix import Fix, format_time, parse_time
+from tracker.receiver.replay import fix_json, fixes_of
 
 # also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
 pytestmark = pytest.mark.arm64

@@ -13,10 +13,10 @@ from support.sink import Sink
 from hw.baud import BAUD_RATES, candidate_rates, detect_baudrate
 from hw.gps import GpsReader, backoff_delays, open_gps
 from hw.protocol_replay import split_recording
-from tracker.clock import FakeClock
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
-from tracker.errors import GpsError
-from tracker.nmea import count_valid_sentences
+from tracker.core.clock import FakeClock
+from tracker.core.errors import GpsError
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
+from tracker.receiver.nmea import count_valid_sentences
 
 DATA = Path(__file__).parent / "data" / "nmea"
 RECORDING = (DATA / "gpsd" / "bu353s4.log").read_bytes()

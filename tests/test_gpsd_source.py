@@ -18,8 +18,8 @@ from support.sink import Sink as BaseSink
 from hw.gps import GpsReader, open_gps
 from hw.protocol_gpsd import DEFAULT_PORT, parse_url, split_nmea
 from hw.protocol_replay import split_recording
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
-from tracker.errors import GpsError
+from tracker.core.errors import GpsError
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
 
 DATA = Path(__file__).parent / "data" / "nmea"
 RECORDING = (DATA / "gpsd" / "bu353s4.log").read_bytes()

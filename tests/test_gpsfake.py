@@ -21,8 +21,8 @@ import pytest
 
 from hw.gps import open_gps
 from hw.protocol_replay import split_recording
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
-from tracker.fix import Fix
+from tracker.core.fix import Fix
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder
 
 DATA = Path(__file__).parent / "data" / "nmea" / "gpsd"
 # Clean recordings (no bad checksums or junk, which gpsd drops) whose first sentence is unique.

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from tracker import setclock
-from tracker.clock import FakeClock
-from tracker.config import PolicyConfig
-from tracker.errors import TrackerError
-from tracker.fix import Fix
-from tracker.gpstime import CLOCK_REQUEST, GpsTime, write_clock_request
-from tracker.policy import ParkedWatch
+from tracker.core.clock import FakeClock
+from tracker.core.config import PolicyConfig
+from tracker.core.errors import TrackerError
+from tracker.core.fix import Fix
+from tracker.daemon import setclock
+from tracker.device.policy import ParkedWatch
+from tracker.receiver.gpstime import CLOCK_REQUEST, GpsTime, write_clock_request
 
 GPS = datetime(2027, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 OLD = datetime(2005, 9, 26, 0, 0, 0, tzinfo=timezone.utc)

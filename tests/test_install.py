@@ -211,7 +211,7 @@ def test_the_tracker_holds_no_capability_and_only_its_devices() -> None:
 
 
 def test_only_the_clock_helper_may_set_the_clock_and_it_runs_on_the_trackers_request() -> None:
-    from tracker.gpstime import CLOCK_REQUEST
+    from tracker.receiver.gpstime import CLOCK_REQUEST
 
     clock = unit(REPO / "deploy" / "tracker-clock.service")["Service"]
     assert clock["CapabilityBoundingSet"] == "CAP_SYS_TIME" == clock["AmbientCapabilities"]

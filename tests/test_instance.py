@@ -14,9 +14,9 @@ from benchkit.broker import Broker
 from benchkit.daemon import daemon_config
 from benchkit.fake_gps import FakeGps
 
-from tracker import files
-from tracker.errors import TrackerError
-from tracker.instance import InstanceLock, lock_path, running_pid
+from tracker.core import files
+from tracker.core.errors import TrackerError
+from tracker.daemon.instance import InstanceLock, lock_path, running_pid
 
 ROOT = Path(__file__).resolve().parents[1]
 

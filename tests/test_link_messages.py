@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_app import Harness, make_app
 
-from tracker.events import LinkDown, LinkUp, PubFailed, SubscribeRefused
+from tracker.core.events import LinkDown, LinkUp, PubFailed, SubscribeRefused
 
 REFUSED = "127.0.0.1:8883 refused the connection (AWS_IO_SOCKET_CONNECTION_REFUSED): ..."
 DNS = "cannot resolve localhst (AWS_IO_DNS_INVALID_NAME): check [aws] endpoint"
@@ -83,7 +83,7 @@ def test_a_shadow_delta_is_logged_once_not_by_every_layer(
 ) -> None:
     import json
 
-    from tracker.events import Inbound
+    from tracker.core.events import Inbound
 
     caplog.set_level(logging.INFO)
     h = Harness(make_app(tmp_path))

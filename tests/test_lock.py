@@ -60,7 +60,7 @@ def test_the_lock_installs_with_hash_checking_and_satisfies_the_package(tmp_path
     check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout
     done = subprocess.run(
-        [py, "-c", "import awscrt, serial, transitions, tracker.uplink; print('ok')"],
+        [py, "-c", "import awscrt, serial, transitions, tracker.link.uplink; print('ok')"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.stdout.strip() == "ok", done.stderr

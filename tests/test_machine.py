@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from transitions import Machine
 
-from tracker.clock import FakeClock
-from tracker.config import PolicyConfig
-from tracker.epoch import Epoch
-from tracker.fix import Fix
-from tracker.machine import (
+from tracker.core.clock import FakeClock
+from tracker.core.config import PolicyConfig
+from tracker.core.fix import Fix
+from tracker.core.scheduler import Scheduler
+from tracker.device.machine import (
     TRANSITIONS,
     Device,
     Effects,
@@ -22,7 +22,7 @@ from tracker.machine import (
     mermaid,
     trigger_table,
 )
-from tracker.scheduler import Scheduler
+from tracker.receiver.epoch import Epoch
 
 T0 = datetime(2026, 11, 20, 8, 0, 0, tzinfo=timezone.utc)
 CFG = PolicyConfig(settle_s=0)
@@ -417,7 +417,7 @@ def test_readme_shows_the_machine_as_it_is() -> None:
     """The README's diagram and trigger table are the machine's own (scripts/diagram.py)."""
     from pathlib import Path
 
-    from tracker.machine import mermaid, trigger_table
+    from tracker.device.machine import mermaid, trigger_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for line in (mermaid() + "\n" + trigger_table()).splitlines():

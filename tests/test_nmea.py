@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.nmea import MAX_PENDING, LineFramer, _xor, count_valid_sentences
-from tracker.sentences import USED_TYPES, parse_sentence
+from tracker.receiver.nmea import MAX_PENDING, LineFramer, _xor, count_valid_sentences
+from tracker.receiver.sentences import USED_TYPES, parse_sentence
 
 # also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
 pytestmark = pytest.mark.arm64

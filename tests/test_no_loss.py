@@ -26,15 +26,15 @@ from support.fake_uplink import FakeUplink
 
 from hw.power import open_power
 from hw.sensors import open_battery, open_motion, open_temperature
-from tracker import codec
-from tracker import config as config_mod
-from tracker.app import App, Parts
-from tracker.clock import FakeClock
-from tracker.events import Event, LinkDown, LinkUp, PubAck, PubFailed, SignalReceived
-from tracker.fix import Fix, Record
-from tracker.forward import Forwarder
-from tracker.spool import Spool
-from tracker.uplink import Uplink
+from tracker.core import config as config_mod
+from tracker.core.clock import FakeClock
+from tracker.core.events import Event, LinkDown, LinkUp, PubAck, PubFailed, SignalReceived
+from tracker.core.fix import Fix, Record
+from tracker.daemon.app import App, Parts
+from tracker.link import codec
+from tracker.link.forward import Forwarder
+from tracker.link.uplink import Uplink
+from tracker.spool.store import Spool
 
 THING = "truck-9"
 TOPIC = f"dt/tracker/{THING}/location"
@@ -438,7 +438,7 @@ FIXES = st.builds(
     Fix,
     time=st.datetimes(
         min_value=T_MIN.replace(tzinfo=None),
-        max_value=datetime(2099, 12, 31, 23, 59, 59),  # tracker.fix.TIME_LIMITS
+        max_value=datetime(2099, 12, 31, 23, 59, 59),  # tracker.core.fix.TIME_LIMITS
         timezones=st.just(timezone.utc),
     ),
     lat=st.sampled_from([-90.0, 90.0, 0.0]) | finite(-90.0, 90.0),

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.config import PolicyConfig
-from tracker.fix import Fix, distance_m
-from tracker.policy import ReportPolicy, heading_change
+from tracker.core.config import PolicyConfig
+from tracker.core.fix import Fix, distance_m
+from tracker.device.policy import ReportPolicy, heading_change
 
 T0 = datetime(2026, 11, 20, 8, 0, 0, tzinfo=timezone.utc)
 LAT0, LON0 = 48.2, 8.4

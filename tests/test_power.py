@@ -23,8 +23,8 @@ from hw.power import (
     open_power,
     ubx_frame,
 )
-from tracker import nmea
-from tracker.errors import HardwareError
+from tracker.core.errors import HardwareError
+from tracker.receiver import nmea
 
 # Byte strings as published for u-blox receivers (u-center "Messages" view, widely quoted).
 KNOWN_UBX = {

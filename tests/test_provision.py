@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tracker import config as tconfig
-from tracker import provision
-from tracker.errors import ConfigError, ProvisionError, TrackerError
+from tracker.core import config as tconfig
+from tracker.core.errors import ConfigError, ProvisionError, TrackerError
+from tracker.setup import provision
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = dt.datetime.now(dt.timezone.utc)

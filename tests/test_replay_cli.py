@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tracker.cli import main
-from tracker.fix import Fix
-from tracker.replay import fix_json, write_gpx
+from tracker.core.fix import Fix
+from tracker.receiver.replay import fix_json, write_gpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "data" / "nmea"

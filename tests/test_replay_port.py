@@ -16,9 +16,9 @@ from hw.protocol_replay import (
     recorded_gap,
     split_recording,
 )
-from tracker.clock import FakeClock
-from tracker.epoch import RECORDING_DATE_FLOOR, Decoder
-from tracker.errors import GpsError
+from tracker.core.clock import FakeClock
+from tracker.core.errors import GpsError
+from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder
 
 DATA = Path(__file__).parent / "data" / "nmea"
 BU353 = DATA / "gpsd" / "bu353s4.log"

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 from benchkit import report, report_svg
 from benchkit.report import Fault, Message, Point, Status
 
-from tracker import codec
-from tracker.fix import Fix, Record
-from tracker.forward import publish_packet_bytes
+from tracker.core.fix import Fix, Record
+from tracker.link import codec
+from tracker.link.forward import publish_packet_bytes
 
 T0 = datetime(2005, 9, 25, 23, 52, 34, tzinfo=timezone.utc)
 TOPIC = "dt/tracker/bench-1/location"

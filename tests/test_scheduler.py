@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tracker.scheduler import Scheduler
+from tracker.core.scheduler import Scheduler
 
 
 class Calls:

@@ -19,8 +19,8 @@ from hw.sensors import (
     open_temperature,
     percent_from_voltage,
 )
-from tracker.clock import FakeClock
-from tracker.errors import HardwareError
+from tracker.core.clock import FakeClock
+from tracker.core.errors import HardwareError
 
 
 def supply(root: Path, name: str, **files: str) -> Path:

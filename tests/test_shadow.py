@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.shadow_responder import ShadowService, delta_of
 
-from tracker import config, settings_store
-from tracker.codec import MAX_PAYLOAD
-from tracker.config import Config
-from tracker.errors import ConfigError
-from tracker.shadow import REPORT_LIMIT, ShadowSync, shadow_prefix
+from tracker.core import config
+from tracker.core.config import Config
+from tracker.core.errors import ConfigError
+from tracker.link import settings_store
+from tracker.link.codec import MAX_PAYLOAD
+from tracker.link.shadow import REPORT_LIMIT, ShadowSync, shadow_prefix
 
 THING = "tracker-test-1"
 PREFIX = f"$aws/things/{THING}/shadow"

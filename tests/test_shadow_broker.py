@@ -13,11 +13,12 @@ from benchkit.broker import Broker
 from benchkit.pki import Pki
 from support.shadow_responder import ShadowResponder, delta_of, shadow_responder_fixture  # noqa: F401
 
-from tracker import config, settings_store
-from tracker.config import AwsConfig, Config
-from tracker.events import Event, Inbound, LinkDown, LinkUp
-from tracker.shadow import ShadowSync
-from tracker.uplink import Uplink
+from tracker.core import config
+from tracker.core.config import AwsConfig, Config
+from tracker.core.events import Event, Inbound, LinkDown, LinkUp
+from tracker.link import settings_store
+from tracker.link.shadow import ShadowSync
+from tracker.link.uplink import Uplink
 
 WAIT_S = 8.0  # an upper bound for a broken test to fail, not a timing assertion
 

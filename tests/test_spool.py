@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracker.clock import FakeClock
-from tracker.errors import SpoolError
-from tracker.fix import Fix, Record
-from tracker.spool import Spool
+from tracker.core.clock import FakeClock
+from tracker.core.errors import SpoolError
+from tracker.core.fix import Fix, Record
+from tracker.spool.store import Spool
 
 T0 = datetime(2005, 9, 25, 23, 52, 34, 250_001, tzinfo=timezone.utc)
 

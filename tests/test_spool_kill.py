@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.spool_child import run_until_killed
 
-from tracker.spool import Spool
+from tracker.spool.store import Spool
 
 # also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
 pytestmark = pytest.mark.arm64

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from support.spool_child import parse, run_until_killed
 
-from tracker.errors import SpoolError
-from tracker.fix import Fix
-from tracker.spool import Spool
-from tracker.spool_files import SEQ_BLOCK
+from tracker.core.errors import SpoolError
+from tracker.core.fix import Fix
+from tracker.spool.files import SEQ_BLOCK
+from tracker.spool.store import Spool
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 

@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PUTS = """
 import sys, datetime
-from tracker.spool import Spool
-from tracker.fix import Fix
+from tracker.spool.store import Spool
+from tracker.core.fix import Fix
 t = datetime.datetime(2026, 11, 30, tzinfo=datetime.timezone.utc)
 with Spool(sys.argv[1]) as s:
     for i in range(int(sys.argv[2])):

@@ -19,10 +19,10 @@ from benchkit.pki import Identity, Pki
 from benchkit.subscriber import Subscriber
 from support.sender import ForwardLoop, child_config, start_child
 
-from tracker.config import AwsConfig
-from tracker.errors import UplinkError
-from tracker.events import LinkDown, LinkUp
-from tracker.spool import Spool
+from tracker.core.config import AwsConfig
+from tracker.core.errors import UplinkError
+from tracker.core.events import LinkDown, LinkUp
+from tracker.spool.store import Spool
 
 # also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
 pytestmark = pytest.mark.arm64

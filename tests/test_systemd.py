@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from tracker.systemd import JournalFormatter, Notifier
+from tracker.daemon.systemd import JournalFormatter, Notifier
 
 
 def test_notifier_sends_datagrams(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_watchdog_for_another_pid_is_ignored() -> None:
 
 def test_journal_lines_carry_syslog_priority() -> None:
     rec = logging.LogRecord(
-        "tracker.uplink", logging.WARNING, "x", 1, "link down: %s", ("eof",), None
+        "tracker.link.uplink", logging.WARNING, "x", 1, "link down: %s", ("eof",), None
     )
     assert JournalFormatter(journal=True).format(rec) == "<4>uplink: link down: eof"
     assert JournalFormatter(journal=False).format(rec) == "WARNING uplink: link down: eof"

@@ -14,10 +14,10 @@ from benchkit.broker import Broker
 from benchkit.pki import Identity, Pki
 from benchkit.subscriber import Subscriber
 
-from tracker.config import AwsConfig
-from tracker.errors import UplinkError
-from tracker.events import Event, Inbound, LinkDown, LinkUp, PubAck, PubFailed
-from tracker.uplink import Uplink
+from tracker.core.config import AwsConfig
+from tracker.core.errors import UplinkError
+from tracker.core.events import Event, Inbound, LinkDown, LinkUp, PubAck, PubFailed
+from tracker.link.uplink import Uplink
 
 # also run on arm64 under qemu-user (scripts/test-arm64, part of CI)
 pytestmark = pytest.mark.arm64
@@ -282,7 +282,7 @@ def test_a_puback_without_a_known_reason_code_never_deletes(
 def test_a_refused_subscription_is_named(pki: Pki, events: Events, make_uplink: MakeUplink) -> None:
     from support.raw_broker import RawBroker
 
-    from tracker.events import SubscribeRefused
+    from tracker.core.events import SubscribeRefused
 
     peer = RawBroker(pki, suback_code=0x87)  # NOT_AUTHORIZED
     try:

@@ -23,8 +23,12 @@ from benchkit.pki import Pki
 from serial.serialutil import SerialException
 
 from hw import protocol_gpsd, protocol_replay
-from tracker import check, cli, config, credentials, files, provision, replay, shadow, uplink
-from tracker.errors import ConfigError, GpsError, ProvisionError, UplinkError
+from tracker import cli
+from tracker.core import config, files
+from tracker.core.errors import ConfigError, GpsError, ProvisionError, UplinkError
+from tracker.link import shadow, uplink
+from tracker.receiver import replay
+from tracker.setup import check, credentials, provision
 
 REPO = Path(__file__).resolve().parent.parent
 GARBAGE = bytes(range(256)) * 8  # not UTF-8, not PEM, not NMEA
@@ -465,7 +469,7 @@ def test_a_rejection_code_cannot_flood_or_forge_log_lines(
     payload = json.dumps(
         {"clientToken": token, "code": "x" * 5000 + "\n", "message": "boom\nFAKE LINE"}
     ).encode()
-    with caplog.at_level(logging.WARNING, logger="tracker.shadow"):
+    with caplog.at_level(logging.WARNING, logger="tracker.link.shadow"):
         result = sync.on_message(topic.replace("/get", "/get/rejected"), payload)
     assert "\n" not in result.ignored and len(result.ignored) < 300
     (record,) = [r for r in caplog.records if "get rejected" in r.getMessage()]
@@ -473,7 +477,7 @@ def test_a_rejection_code_cannot_flood_or_forge_log_lines(
 
 
 def test_provisioning_values_never_show_the_private_key_in_their_repr(tmp_path: Path) -> None:
-    from tracker.provision import Bundle, Change
+    from tracker.setup.provision import Bundle, Change
 
     marker = b"PRIVATE KEY-----"  # a stand-in, not a key: built so no file holds a PEM header
     secret = b"-----BEGIN " + marker + b"\nSECRETSECRET\n-----END " + marker + b"\n"

@@ -14,18 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tracker import __version__
-from tracker.errors import TrackerError
+from tracker.core.errors import TrackerError
 
 # subcommand -> module whose `main(args) -> int` runs it
 COMMANDS = {
-    "replay": "tracker.replay",
-    "decode": "tracker.decode",
-    "run": "tracker.daemon",
-    "check": "tracker.check",
-    "set-clock": "tracker.setclock",
-    "collect": "tracker.collect",
-    "export": "tracker.export",
-    "gaps": "tracker.gaps",
+    "replay": "tracker.receiver.replay",
+    "decode": "tracker.twin.decode",
+    "run": "tracker.daemon.main",
+    "check": "tracker.setup.check",
+    "set-clock": "tracker.daemon.setclock",
+    "collect": "tracker.twin.collect",
+    "export": "tracker.twin.export",
+    "gaps": "tracker.twin.gaps",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from benchkit.pki import Identity, Pki
 from benchkit.procs import stop_process
-from tracker.config import AwsConfig
+from tracker.core.config import AwsConfig
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "localhost"  # sent as SNI and matched against the server certificate's SAN

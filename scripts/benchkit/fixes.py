@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from tracker.fix import Fix
-from tracker.spool import Spool
+from tracker.core.fix import Fix
+from tracker.spool.store import Spool
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 

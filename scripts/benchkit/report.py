@@ -1,6 +1,6 @@
 """The bench's report: summary, seq gaps and duplicates, GeoJSON of the received track (the
 SVG pictures are `benchkit.report_svg`). Pure functions of what was received; standard library and
-the tracker's codec, fix and PUBLISH size (`tracker.forward`) only, no I/O but the caller's.
+the tracker's codec, fix and PUBLISH size (`tracker.link.forward`) only, no I/O but the caller's.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from tracker import codec
-from tracker.errors import CodecError
-from tracker.fix import Fix, parse_time
-from tracker.forward import publish_packet_bytes
+from tracker.core.errors import CodecError
+from tracker.core.fix import Fix, parse_time
+from tracker.link import codec
+from tracker.link.forward import publish_packet_bytes
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A cloud-side consumer for tests: subscribes with its own certificate and collects payloads.
 
-Owns its own MQTT 5 client (the SDK, flow control off); decodes with `tracker.codec.decode`.
+Owns its own MQTT 5 client (the SDK, flow control off); decodes with `tracker.link.codec.decode`.
 Must not import the tracker's uplink or spool.
 """
 
@@ -129,7 +129,7 @@ class Subscriber:
 
     def records(self) -> list[Any]:
         """Every record in every payload received so far, in arrival order (duplicates kept)."""
-        from tracker import codec
+        from tracker.link import codec
 
         with self._cond:
             new = self.payloads[self._n_decoded :]

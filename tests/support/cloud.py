@@ -22,9 +22,9 @@ from typing import Any
 
 from benchkit.broker import free_port
 
-from tracker.codec import encode_batch, encode_live
-from tracker.fix import Record
-from tracker.replay import fixes_of
+from tracker.core.fix import Record
+from tracker.link.codec import encode_batch, encode_live
+from tracker.receiver.replay import fixes_of
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DRIVE = ROOT / "tests/data/nmea/nmeaparser/NmeaSampleData.txt"

@@ -1,4 +1,4 @@
-"""An in-memory stand-in for `tracker.uplink.Uplink` for whole-app tests in simulated time.
+"""An in-memory stand-in for `tracker.link.uplink.Uplink` for whole-app tests in simulated time.
 
 It records every publish; the test decides when the broker acknowledges (`ack_all`) and when the
 link comes and goes, by posting the same events the real uplink posts.
@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracker import codec
-from tracker.events import LinkUp, Post, PubAck
-from tracker.fix import Record
+from tracker.core.events import LinkUp, Post, PubAck
+from tracker.core.fix import Record
+from tracker.link import codec
 
 
 @dataclass

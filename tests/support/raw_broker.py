@@ -13,7 +13,7 @@ import threading
 
 from benchkit.pki import Pki
 
-from tracker.config import AwsConfig
+from tracker.core.config import AwsConfig
 
 
 def _varint(n: int) -> bytes:

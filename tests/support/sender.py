@@ -20,12 +20,12 @@ from typing import Any
 
 from benchkit.fixes import synthetic_fix
 
-from tracker import codec
-from tracker.config import AwsConfig
-from tracker.events import Event, LinkDown, LinkUp, PubAck, PubFailed
-from tracker.forward import Forwarder
-from tracker.spool import Spool
-from tracker.uplink import Uplink
+from tracker.core.config import AwsConfig
+from tracker.core.events import Event, LinkDown, LinkUp, PubAck, PubFailed
+from tracker.link import codec
+from tracker.link.forward import Forwarder
+from tracker.link.uplink import Uplink
+from tracker.spool.store import Spool
 
 
 class _Recorder:

@@ -4,7 +4,7 @@ and a responder that plays them over Mosquitto (`ShadowResponder`).
 Follows the service's documented behaviour: updates merge (null deletes), every accepted update
 increments the version, `update/delta` carries every desired key that differs from reported,
 accepted/rejected replies echo the clientToken, errors are `{code, message, timestamp}`.
-Imports the SDK only through `tracker.uplink`.
+Imports the SDK only through `tracker.link.uplink`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tracker.config import AwsConfig
-from tracker.events import Event, Inbound, LinkUp
+from tracker.core.config import AwsConfig
+from tracker.core.events import Event, Inbound, LinkUp
 
 Message = tuple[str, bytes]
 MAX_DEPTH = 6  # levels inside desired or reported
@@ -292,7 +292,7 @@ class ShadowResponder:
         thing: str,
         shadow_names: tuple[str | None, ...] = (None,),
     ) -> None:
-        from tracker.uplink import Uplink
+        from tracker.link.uplink import Uplink
 
         self.service = ShadowService(thing)
         self._probe = f"test/shadow-responder/{client_id}/ready"

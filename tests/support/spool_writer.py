@@ -10,8 +10,8 @@ import random
 import sys
 from datetime import datetime, timedelta, timezone
 
-from tracker.fix import Fix
-from tracker.spool import Spool
+from tracker.core.fix import Fix
+from tracker.spool.store import Spool
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -1,0 +1,1 @@
+"""The ground floor every layer stands on: errors, clocks, files, fix limits, settings, events."""

@@ -1,0 +1,1 @@
+"""The one loop that owns the state and the process around it."""

@@ -1,0 +1,1 @@
+"""What the device decides: the state machine, the reporting policy, the data budget."""

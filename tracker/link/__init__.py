@@ -1,0 +1,1 @@
+"""From the spool to the cloud: message codec, forwarder, MQTT session, shadow."""

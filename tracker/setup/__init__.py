@@ -1,0 +1,1 @@
+"""Putting a board into service: provisioning, credentials, `tracker check`."""

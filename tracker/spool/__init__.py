@@ -1,0 +1,1 @@
+"""The fixes not yet acknowledged, on disk: the only SQLite user and its file care."""

@@ -1,0 +1,1 @@
+"""The cloud side's local twin: collector, lake, export, gaps, decode."""
