@@ -103,7 +103,8 @@ def _enc(v: Any) -> str:
 
 
 def _time(t: datetime) -> str:
-    """`tracker.core.fix.format_time` for the UTC times the codec returns, in a third of the time."""
+    """`tracker.core.fix.format_time` for the UTC times the codec returns, in a third of the
+    time."""
     if t.microsecond:
         return t.isoformat(timespec="milliseconds")[:23] + "Z"
     return t.isoformat(timespec="seconds")[:19] + "Z"

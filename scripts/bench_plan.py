@@ -1,8 +1,8 @@
 """The bench's plan: its command line (checked), the recording's schedule, when the faults strike
 and the daemon's config. Pure but for reading the recording.
 
-Standard library, `hw.protocol_replay` and `tracker.core.fix` only (scripts/bench.py puts the repository
-on sys.path); never the daemon nor tests/support.
+Standard library, `hw.protocol_replay` and `tracker.core.fix` only (scripts/bench.py puts the
+repository on sys.path); never the daemon nor tests/support.
 """
 
 from __future__ import annotations

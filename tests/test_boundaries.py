@@ -42,9 +42,10 @@ OWNERS = {
 }
 # modules that decide or transform and do no I/O: no outside world, no hardware, no threads
 PURE = {
-    "tracker/core/fix.py", "tracker/link/codec.py", "tracker/core/errors.py", "tracker/receiver/nmea.py",
-    "tracker/receiver/sentences.py", "tracker/receiver/epoch.py", "tracker/device/machine.py", "tracker/device/policy.py",
-    "tracker/core/events.py", "tracker/core/scheduler.py",
+    "tracker/core/errors.py", "tracker/core/events.py", "tracker/core/fix.py",
+    "tracker/core/scheduler.py", "tracker/receiver/nmea.py", "tracker/receiver/sentences.py",
+    "tracker/receiver/epoch.py", "tracker/device/machine.py", "tracker/device/policy.py",
+    "tracker/link/codec.py",
 }  # fmt: skip
 IMPURE = {"awscrt", "awsiot", "sqlite3", "serial", "socket", "ssl", "threading", "hw", "boto3"}
 # what the hardware layer may use of the application: its error types, clock and NMEA framing
@@ -140,3 +141,63 @@ def test_the_bench_does_not_import_the_tests_or_pytest() -> None:
         rel(p): sorted(n for n in imports(p) if top(n) in {"support", "pytest"}) for p in BENCH
     }
     assert {k: v for k, v in users.items() if v} == {}
+
+
+# the data's path through the package, lowest first: a module may import its own layer and the
+# layers before it, never one after it (hw/ sits between receiver and device: it uses the ground
+# floor and NMEA framing, and the daemon and setup use it)
+LAYERS = ("core", "receiver", "device", "spool", "link", "daemon", "setup", "twin")
+ENTRY = {"tracker/__init__.py", "tracker/__main__.py", "tracker/cli.py"}
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] == "tracker" and len(parts) > 1 and parts[1] in LAYERS:
+        return LAYERS.index(parts[1])
+    return None
+
+
+def layered_edges(root: Path) -> tuple[int, list[str]]:
+    """(imports between layers of the package under `root`, those that run upward)."""
+    edges, upward = 0, []
+    for p in sorted((root / "tracker").rglob("*.py")):
+        parts = p.relative_to(root).parts
+        if len(parts) < 3 or parts[1] not in LAYERS:
+            continue
+        for name in sorted(imports(p)):
+            theirs = layer_of(name)
+            if theirs is not None:
+                edges += 1
+                if theirs > LAYERS.index(parts[1]):
+                    upward.append(f"{'/'.join(parts)} -> {name}")
+    return edges, upward
+
+
+def test_every_module_lives_in_a_layer() -> None:
+    loose = {
+        rel(p) for p in SOURCES
+        if rel(p).startswith("tracker/") and rel(p).count("/") == 1 and rel(p) not in ENTRY
+    }  # fmt: skip
+    assert loose == set()
+    folders = {p.name for p in (ROOT / "tracker").iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(LAYERS)
+
+
+def test_no_import_runs_upward() -> None:
+    edges, upward = layered_edges(ROOT)
+    assert edges > 100, "the import graph was not read"
+    assert upward == []
+
+
+def test_an_upward_import_is_caught(tmp_path: Path) -> None:
+    (tmp_path / "tracker" / "core").mkdir(parents=True)
+    (tmp_path / "tracker" / "core" / "x.py").write_text(
+        "from tracker.core.errors import ConfigError\n"
+        "def f() -> None:\n    from tracker.link import uplink\n"
+    )
+    edges, upward = layered_edges(tmp_path)
+    assert edges == 4  # tracker.core.errors(.ConfigError), tracker.link(.uplink)
+    assert upward == [
+        "tracker/core/x.py -> tracker.link",
+        "tracker/core/x.py -> tracker.link.uplink",
+    ]

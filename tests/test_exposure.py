@@ -39,7 +39,7 @@ def test_the_daemon_creates_its_files_for_its_owner_only(tmp_path: Path) -> None
     """Outside systemd (no UMask=) the spool and its WAL hold location history: 0600."""
     code = (
         "import sys, os; sys.argv=['tracker']; os.umask(0o022)\n"
-        "from tracker import daemon\n"
+        "from tracker.daemon import main as daemon\n"
         "class Stop(Exception): pass\n"
         "def boom(app): raise Stop()\n"
         "daemon.build_parts = boom\n"

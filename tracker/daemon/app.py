@@ -1,5 +1,6 @@
 """The daemon's event loop: one owner of the device machine, the spool, the MQTT link and the
-hardware handles. Must not import awsiot, awscrt, serial or hw (`tracker.daemon.main` builds the parts).
+hardware handles. Must not import awsiot, awscrt, serial or hw (`tracker.daemon.main` builds the
+parts).
 
 The GPS reader thread, SDK callbacks and signal handlers only post events to the loop's queue;
 nothing else touches state. The loop sleeps until the next event or the next deadline of its one

@@ -1,5 +1,6 @@
 """The process entry for `tracker run`: builds the real parts named by the config, turns signals
-into events and runs the loop (`tracker.daemon.app`). Imports hw and `tracker.link.uplink` only when building.
+into events and runs the loop (`tracker.daemon.app`). Imports hw and `tracker.link.uplink` only when
+building.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tracker.daemon.exposure import exposure_warnings
 from tracker.daemon.instance import InstanceLock
 from tracker.daemon.systemd import setup_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # logs as "daemon", the package's main module
 
 
 def build_parts(app: App) -> Parts:

@@ -1,7 +1,8 @@
 """`tracker set-clock REQUEST`: set a plainly unset system clock from the tracker's GPS time.
 
 Run by tracker-clock.service (CAP_SYS_TIME and nothing else) when the daemon, which has no
-privilege over the clock, writes a clock request. Standard library and `tracker.receiver.gpstime` only.
+privilege over the clock, writes a clock request. Standard library and `tracker.receiver.gpstime`
+only.
 """
 
 from __future__ import annotations

@@ -75,7 +75,11 @@ class JournalFormatter(logging.Formatter):
         msg = record.getMessage()
         if record.exc_info:
             msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        name = record.name.removeprefix("tracker.").removeprefix("hw.")
+        # a module's own name without its layer: "tracker.link.uplink" logs as "uplink"
+        name = record.name
+        if name.startswith("tracker."):
+            name = name.rsplit(".", 1)[1]
+        name = name.removeprefix("hw.")
         if self.journal:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{name}: {msg}"
         return f"{record.levelname:<7} {name}: {msg}"

@@ -1,7 +1,8 @@
 """Store and forward: moves records from the spool to the connection, a bounded window at a time.
 
 Owns the in-flight bookkeeping (publish token -> seqs). Pure with respect to the SDK: it talks to a
-`Publisher` (`tracker.link.uplink.Uplink` in the daemon) and must not import awsiot, awscrt or sqlite3.
+`Publisher` (`tracker.link.uplink.Uplink` in the daemon) and must not import awsiot, awscrt or
+sqlite3.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from tracker.link.forward import Forwarder, publish_packet_bytes
 from tracker.link.shadow import ShadowSync
 from tracker.spool.store import Spool
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # logs as "link", the package's main module
 
 LINK_CLOSE_GRACE_S = 30.0  # low power closes the link at the latest this long after asking
 LINK_REOPEN_S = 60.0  # retry period when reopening the link fails

@@ -1,8 +1,8 @@
 """Remote configuration through the AWS IoT Device Shadow: the shadow's JSON protocol spoken over
 the uplink's publish/subscribe. Pure: messages in; messages to publish and a new Config out.
 
-Must not import awsiot, awscrt or sqlite3 (only `tracker.link.uplink` talks to the SDK); the settings
-file goes through `tracker.link.settings_store`.
+Must not import awsiot, awscrt or sqlite3 (only `tracker.link.uplink` talks to the SDK); the
+settings file goes through `tracker.link.settings_store`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """NMEA 0183 sentence fields: a verified sentence body -> `Sentence` (RMC, GGA, GLL, GNS, VTG...).
 
-Pure and standard-library only (no serial, no pynmea2, no I/O); framing lives in `tracker.receiver.nmea`.
+Pure and standard-library only (no serial, no pynmea2, no I/O); framing lives in
+`tracker.receiver.nmea`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Fleet provisioning by claim with the SDK's identity service client (`IotIdentityClient`).
 
 Owns the claim connection and the flow (new key, certificate, RegisterThing, then install through
-`tracker.setup.provision`). The one module besides `tracker.link.uplink` that imports the AWS SDK; only the
-fleet path of scripts/provision imports it.
+`tracker.setup.provision`). The one module besides `tracker.link.uplink` that imports the AWS SDK;
+only the fleet path of scripts/provision imports it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The spool's files beside its database: the seq sidecar and corrupt files moved aside.
 
-Standard library (os, json, pathlib), `tracker.core.errors` and `tracker.core.files` only; must not import
-sqlite3: only `tracker.spool.store` does.
+Standard library (os, json, pathlib), `tracker.core.errors` and `tracker.core.files` only; must not
+import sqlite3: only `tracker.spool.store` does.
 """
 
 from __future__ import annotations

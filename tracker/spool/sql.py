@@ -1,6 +1,7 @@
 """The spool's SQL: schema, queries and statements on an open connection.
 
-Typed against a small protocol so that `tracker.spool.store` stays the only module importing sqlite3.
+Typed against a small protocol so that `tracker.spool.store` stays the only module importing
+sqlite3.
 """
 
 from __future__ import annotations

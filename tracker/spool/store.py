@@ -26,7 +26,7 @@ from tracker.spool.sql import SCHEMA, SCHEMA_VERSION
 
 __all__ = ["Spool", "SpoolStats"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # logs as "spool", the package's main module
 
 EVICT_ON_DISK_FULL = 16  # oldest rows dropped first when the disk is full (doubled until it fits)
 DROP_POLICIES = ("oldest", "newest")

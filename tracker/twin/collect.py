@@ -1,9 +1,10 @@
 """`tracker collect --config FILE`: the local twin of the cloud side, from broker into the lake.
 
 Subscribes to every tracker's location and condition topics, decodes each message, stores it in
-the lake (`tracker.twin.lake`) de-duplicated by (thing, seq), fsyncs, and only then sends its PUBACK.
-A crash before the PUBACK leaves the message in the broker's session: it comes again and the lake
-recognises it. The SDK is `tracker.twin.collect_link`'s; this module owns the loop and the config.
+the lake (`tracker.twin.lake`) de-duplicated by (thing, seq), fsyncs, and only then sends its
+PUBACK. A crash before the PUBACK leaves the message in the broker's session: it comes again and the
+lake recognises it. The SDK is `tracker.twin.collect_link`'s; this module owns the loop and the
+config.
 """
 
 from __future__ import annotations

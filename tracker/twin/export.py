@@ -1,8 +1,8 @@
 """`tracker export LAKE --thing T ...`: one device's track from the lake, one point per seq.
 
-Reads `tracker.twin.lake`'s layout (written by `tracker collect`, or an `aws s3 sync` of the bucket),
-keeps the first-received copy of each seq, orders by seq, and writes GPX (the `tracker replay`
-writer), GeoJSON, CSV or JSON lines.
+Reads `tracker.twin.lake`'s layout (written by `tracker collect`, or an `aws s3 sync` of the
+bucket), keeps the first-received copy of each seq, orders by seq, and writes GPX (the `tracker
+replay` writer), GeoJSON, CSV or JSON lines.
 """
 
 from __future__ import annotations
