@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tracker.core.errors import CodecError
-from tracker.link.codec import MAX_PAYLOAD
+from tracker.core.limits import MAX_PAYLOAD
 
 THING_NAME_RE = re.compile(
     r"[A-Za-z0-9:_-]{1,128}"

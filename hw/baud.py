@@ -1,7 +1,8 @@
 """Baud-rate detection: try the usual rates on a serial GPS port until one shows valid NMEA.
 
-Opens ports only through the factory it is given (`hw.gps.open_gps` by default); must not
-import the AWS SDK, the spool or the state machine.
+Opens ports only through the factory it is given (`hw.gps.open_gps` in the reader and in
+`tracker check`), so it does not import `hw.gps`; must not import the AWS SDK, the spool or the
+state machine.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hw.gps import PortFactory, SerialPort
+    from hw.port import PortFactory, SerialPort
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,6 @@ def count_valid_nmea(data: bytes) -> int:
     return count_valid_sentences(data)
 
 
-def _open_gps(url: str, **kwargs: Any) -> SerialPort:
-    from hw.gps import open_gps  # hw.gps imports this module: resolved at call time
-
-    port: SerialPort = open_gps(url, **kwargs)
-    return port
-
-
 @dataclass
 class Detected:
     """The rate that yielded valid NMEA, the port open at it, and what was read while listening."""
@@ -51,7 +45,7 @@ def detect_baudrate(
     url: str,
     configured: int,
     *,
-    open_port: PortFactory = _open_gps,
+    open_port: PortFactory,
     timeout: float = 0.5,
     reads: int = 6,
     count_valid: Callable[[bytes], int] = count_valid_nmea,

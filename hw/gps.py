@@ -13,12 +13,12 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import serial
 from serial.serialutil import SerialException
 
 from hw.baud import count_valid_nmea, detect_baudrate
+from hw.port import PortFactory, SerialPort
 from tracker.core.clock import Clock, SystemClock
 from tracker.core.errors import GpsError
 
@@ -39,22 +39,6 @@ _REASONS = {
     errno.ENOTTY: "not a serial port; check [gps] url",
     errno.EIO: f"input/output error; {_FIX_URL}",
 }
-
-
-class SerialPort(Protocol):
-    """What the reader needs of a pyserial port."""
-
-    @property
-    def in_waiting(self) -> int: ...
-
-    def read(self, size: int = 1) -> bytes: ...
-
-    def write(self, data: bytes) -> int | None: ...
-
-    def close(self) -> None: ...
-
-
-PortFactory = Callable[..., SerialPort]
 
 
 def is_device_path(url: str) -> bool:

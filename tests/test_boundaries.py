@@ -51,7 +51,9 @@ IMPURE = {"awscrt", "awsiot", "sqlite3", "serial", "socket", "ssl", "threading",
 # what the hardware layer may use of the application: its error types, clock and NMEA framing
 HW_MAY_USE = {"tracker.core.errors", "tracker.core.clock", "tracker.receiver.nmea"}
 # what the Lambda handlers may use of the device's code: the pure codec
-CLOUD_MAY_USE = {"tracker.link.codec", "tracker.core.fix", "tracker.core.errors"}
+CLOUD_MAY_USE = {
+    "tracker.link.codec", "tracker.core.fix", "tracker.core.errors", "tracker.core.limits"
+}  # fmt: skip
 
 
 def imports(path: Path) -> set[str]:
@@ -201,3 +203,46 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
         "tracker/core/x.py -> tracker.link",
         "tracker/core/x.py -> tracker.link.uplink",
     ]
+
+
+def local_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the package's own modules it imports (functions and TYPE_CHECKING included)."""
+    files = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for d in ("tracker", "hw")
+        for p in (root / d).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    return {
+        mod: {n for n in imports(path) if n in files and n != mod} for mod, path in files.items()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, each as its modules in order (depth-first; the graph is small)."""
+    found: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(mod: str, path: list[str]) -> None:
+        if mod in path:
+            found.append(path[path.index(mod) :])
+            return
+        if mod in done:
+            return
+        for dep in sorted(graph[mod]):
+            visit(dep, [*path, mod])
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, [])
+    return found
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    graph = local_graph(ROOT)
+    assert "hw.baud" in graph and sum(map(len, graph.values())) > 100
+    assert cycles(graph) == []
+
+
+def test_a_circle_is_found() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

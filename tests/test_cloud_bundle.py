@@ -22,7 +22,8 @@ EXPECTED = {
     "cloud/__init__.py", "cloud/location.py", "cloud/message.py",
     "cloud/provisioning_hook.py", "cloud/transform.py",
     "tracker/__init__.py", "tracker/core/__init__.py", "tracker/core/errors.py",
-    "tracker/core/fix.py", "tracker/link/__init__.py", "tracker/link/codec.py",
+    "tracker/core/fix.py", "tracker/core/limits.py", "tracker/link/__init__.py",
+    "tracker/link/codec.py",
 }  # fmt: skip
 DEVICE_ONLY = ["awscrt", "awsiot", "serial", "sqlite3", "pynmea2", "transitions", "cryptography"]
 

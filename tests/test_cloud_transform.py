@@ -23,7 +23,8 @@ from support.cloud import (
 )
 
 from cloud import transform
-from tracker.link.codec import MAX_PAYLOAD, decode, encode_condition
+from tracker.core.limits import MAX_PAYLOAD
+from tracker.link.codec import decode, encode_condition
 from tracker.twin.decode import record_dict
 
 TOPIC = f"{PREFIX}/{THING}/location"

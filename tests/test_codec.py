@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from tracker.core.errors import CodecError
 from tracker.core.fix import Fix, Record
+from tracker.core.limits import MAX_PAYLOAD
 from tracker.link.codec import (
-    MAX_PAYLOAD,
     decode,
     encode_batch,
     encode_condition,

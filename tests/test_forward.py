@@ -10,6 +10,7 @@ import pytest
 from benchkit.fixes import fill, synthetic_fix
 
 from tracker.core.clock import FakeClock
+from tracker.core.limits import MAX_PAYLOAD
 from tracker.core.scheduler import Scheduler
 from tracker.link import codec
 from tracker.link.forward import TIMER, Forwarder, publish_packet_bytes
@@ -301,7 +302,7 @@ def test_batch_size_can_change_at_run_time(spool: Spool) -> None:
     ack_all(fw, pub)
     assert all(len(p) <= 1024 for _, _, p in pub.log)
     fw.batch_bytes = 10**9
-    assert fw.batch_bytes == codec.MAX_PAYLOAD
+    assert fw.batch_bytes == MAX_PAYLOAD
 
 
 def test_unknown_tokens_are_ignored(spool: Spool) -> None:

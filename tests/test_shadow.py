@@ -17,8 +17,8 @@ from support.shadow_responder import ShadowService, delta_of
 from tracker.core import config
 from tracker.core.config import Config
 from tracker.core.errors import ConfigError
+from tracker.core.limits import MAX_PAYLOAD
 from tracker.link import settings_store
-from tracker.link.codec import MAX_PAYLOAD
 from tracker.link.shadow import REPORT_LIMIT, ShadowSync, shadow_prefix
 
 THING = "tracker-test-1"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.core.errors import ConfigError
-from tracker.link.codec import MAX_PAYLOAD
+from tracker.core.limits import MAX_PAYLOAD, MAX_TOPIC_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +29,6 @@ else:  # pragma: no cover - Python 3.10
 
 THING_NAME_RE = re.compile(r"[A-Za-z0-9:_-]{1,128}")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-MAX_TOPIC_BYTES = 256  # AWS IoT Core's limit for a topic name, Basic Ingest prefix included
 MAX_TOPIC_SLASHES = 7  # AWS IoT Core's limit, not counting Basic Ingest's $aws/rules/RULE/
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 RULE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,128}")

@@ -14,6 +14,7 @@ from typing import Any
 
 from tracker.core.errors import CodecError
 from tracker.core.fix import Fix, Record, fix_problem
+from tracker.core.limits import MAX_PAYLOAD
 
 BATCH_VERSION = 1
 # Batch version 2: one byte 0x02, then the v1 document's rows and trigger table ({"d":...,
@@ -25,7 +26,6 @@ V2_DICT = (
     b'],[2000,],[1000,],[5000,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,{"d":[['
 )
 V2_MAX_INFLATED = 4 * 1024 * 1024  # a v2 payload inflates to this much at most (either side)
-MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's message size limit
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_SEQ = 2**53  # inclusive: seqs stay exact in every JSON reader (JavaScript's safe integers)
 MS = timedelta(milliseconds=1)

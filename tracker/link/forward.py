@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tracker.core.clock import Clock, SystemClock
 from tracker.core.fix import Record
+from tracker.core.limits import MAX_PAYLOAD
 from tracker.core.scheduler import Scheduler
 from tracker.device.budget import MESSAGE_OVERHEAD, Budget, blocks, message_cost
 from tracker.link import codec
@@ -119,7 +120,7 @@ class Forwarder:
         self._pub = publisher
         self._topic = topic
         self._window = window
-        self._batch_bytes = max(MIN_BATCH, min(batch_bytes, codec.MAX_PAYLOAD))
+        self._batch_bytes = max(MIN_BATCH, min(batch_bytes, MAX_PAYLOAD))
         self._clock = clock or SystemClock()
         self._retry = (retry_s, retry_max_s)
         self._linked = False
@@ -174,7 +175,7 @@ class Forwarder:
 
     @batch_bytes.setter
     def batch_bytes(self, value: int) -> None:
-        self._batch_bytes = max(MIN_BATCH, min(int(value), codec.MAX_PAYLOAD))
+        self._batch_bytes = max(MIN_BATCH, min(int(value), MAX_PAYLOAD))
         self._take = max(8, self._batch_bytes // 10)
 
     def link_up(self) -> None:
@@ -361,7 +362,7 @@ class Forwarder:
 
     def _encode_one(self, rec: Record) -> bytes:
         if self.batch_version == 2:
-            return codec.encode_batch([rec], codec.MAX_PAYLOAD, version=2)[0]
+            return codec.encode_batch([rec], MAX_PAYLOAD, version=2)[0]
         return codec.encode_live(rec)
 
     def _send_live(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from tracker import __version__
 from tracker.core.config import THING_NAME_RE, Config
 from tracker.core.errors import ConfigError
-from tracker.link.codec import MAX_PAYLOAD
+from tracker.core.limits import MAX_PAYLOAD
 from tracker.link.settings_store import (
     apply_saved,
     clip,

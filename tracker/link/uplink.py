@@ -17,10 +17,11 @@ from typing import Any
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from tracker.core.config import MAX_TOPIC_BYTES, THING_NAME_RE, AwsConfig
+from tracker.core.config import THING_NAME_RE, AwsConfig
 from tracker.core.errors import UplinkError
 from tracker.core.events import Inbound, LinkDown, LinkUp, Post, PubAck, PubFailed, SubscribeRefused
 from tracker.core.files import read_file
+from tracker.core.limits import MAX_TOPIC_BYTES
 
 # PUBACK reason codes that mean the broker has the message; any other (or none) is a failure
 _PUBACK_OK = {0x00, 0x10}  # SUCCESS, NO_MATCHING_SUBSCRIBERS

@@ -34,6 +34,7 @@ from tracker.core.config import (
     shown,
 )
 from tracker.core.errors import CodecError, ConfigError, TrackerError
+from tracker.core.limits import MAX_PAYLOAD
 from tracker.link import codec
 from tracker.link.forward import publish_packet_bytes
 from tracker.twin.lake import LakeWriter
@@ -173,10 +174,8 @@ class Collector:
             self._reject(topic, payload, "topic is not PREFIX/THING/location or .../condition")
             return
         thing, kind = where
-        if len(payload) > codec.MAX_PAYLOAD:
-            self._reject(
-                topic, payload, f"payload of {len(payload)} bytes exceeds {codec.MAX_PAYLOAD}"
-            )
+        if len(payload) > MAX_PAYLOAD:
+            self._reject(topic, payload, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
             return
         if kind == "condition":
             st.conditions += 1
