@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support.effects import EffectsLog
 from transitions import Machine
 
 from tracker.core.clock import FakeClock
@@ -17,7 +18,6 @@ from tracker.device.machine import (
     TRANSITIONS,
     Device,
     Effects,
-    EffectsLog,
     State,
     mermaid,
     trigger_table,

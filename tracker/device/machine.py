@@ -8,7 +8,6 @@ serial, awsiot, awscrt or hw.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -97,33 +96,6 @@ class Effects(Protocol):
     def record(self, fix: Fix, trigger: str) -> None: ...
     def condition(self, reason: str) -> None: ...
     def link(self, wanted: bool) -> None: ...
-
-
-@dataclass
-class EffectsLog:
-    """An `Effects` that remembers every call, in order (bench runs and tests)."""
-
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-    gps_on: bool = False
-    link_wanted: bool = True
-
-    def gps_power(self, on: bool) -> None:
-        self.gps_on = on
-        self.calls.append(("gps_power", on))
-
-    def record(self, fix: Fix, trigger: str) -> None:
-        self.calls.append(("record", (fix, trigger)))
-
-    def condition(self, reason: str) -> None:
-        self.calls.append(("condition", reason))
-
-    def link(self, wanted: bool) -> None:
-        self.link_wanted = wanted
-        self.calls.append(("link", wanted))
-
-    def of(self, kind: str) -> list[Any]:
-        """The arguments of every call of one kind."""
-        return [arg for k, arg in self.calls if k == kind]
 
 
 def reject_reason(epoch: Epoch, fix: Fix, cfg: PolicyConfig) -> str | None:
