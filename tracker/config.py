@@ -93,6 +93,11 @@ class AwsConfig:
         8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100
     )
     flow_control: bool = setting(True, "apply AWS IoT Core's 100 msg/s and 512 KB/s limits")
+    post_quantum_tls: bool = setting(
+        False,
+        "offer a post-quantum hybrid key exchange (ML-KEM) in the TLS handshake: about 1.3 KB "
+        "more per connection; false: TLS 1.3 (or 1.2) with classic ECDHE",
+    )
     compress: bool = setting(
         True,
         "send fixes as batch version 2 (deflated); false: v1 JSON batches and one plain JSON "
