@@ -198,3 +198,23 @@ def test_budget_goes_into_conditions_and_the_shadow_and_is_set_remotely(tmp_path
     h.app.shutdown()
     saved = json.loads((tmp_path / "budget.json").read_text())
     assert saved["bytes"] == h.app.budget.state.bytes
+
+
+def test_condition_messages_in_low_power_leave_out_empty_fields(tmp_path: Path) -> None:
+    h = Harness(budget_app(tmp_path))
+    h.event(LinkUp())
+    epochs = h.play("qtpositioning/nmealog.txt", limit=5)
+    last = [e.fix for e in epochs if e.fix is not None][-1]
+    h.app.condition("test")  # awake: the full message
+    h.play(str(parked_nmea(tmp_path / "parked.nmea", last, 0.5)))
+    awake: list[tuple[dict[str, Any], int]] = []
+    asleep: list[tuple[dict[str, Any], int]] = []
+    for p in h.uplink.on("/condition"):
+        doc = json.loads(p.payload)
+        (asleep if doc["state"] == "low_power" else awake).append((doc, len(p.payload)))
+    assert asleep and awake
+    for doc, _ in asleep:  # sparse: no null, zero or empty value at any level
+        flat = json.dumps(doc)
+        assert "null" not in flat and ":0," not in flat and "{}" not in flat and "[]" not in flat
+        assert doc["reason"] and doc["battery"]["percent"] == 80 and doc["time"]
+    assert max(n for _, n in asleep) < min(n for _, n in awake) / 2

@@ -118,8 +118,12 @@ class Link:
 
     # ---- sending ------------------------------------------------------------------------------
     def condition(self, fields: dict[str, Any]) -> None:
-        """Send a condition message and the shadow's status summary, or keep it for the link."""
-        payload = codec.encode_condition(fields)
+        """Send a condition message and the shadow's status summary, or keep it for the link.
+
+        In low power it goes sparse (no null, zero or empty fields): a parked day's bytes are
+        mostly keep-alives and these."""
+        sparse = fields.get("state") == "low_power"
+        payload = codec.encode_condition(fields, sparse=sparse)
         if not self.up:
             self.pending_condition = payload  # only the latest matters; sent on reconnect
             return
@@ -136,7 +140,7 @@ class Link:
         if self.held_condition is not None and fields.get("reason") == "periodic":
             payload, self.held_condition = self.held_condition, None  # the event goes first
             self.publish([(topic, payload)])
-            payload = codec.encode_condition(fields)
+            payload = codec.encode_condition(fields, sparse=sparse)
         self.held_condition = None
         self.publish([(topic, payload)])
         battery = fields["battery"] or {}
