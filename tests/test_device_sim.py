@@ -24,7 +24,7 @@ from tracker.clock import FakeClock
 from tracker.config import PolicyConfig
 from tracker.epoch import RECORDING_DATE_FLOOR, Decoder, Epoch
 from tracker.fix import Fix, format_time
-from tracker.machine import Device, State
+from tracker.machine import HEARTBEAT_MARGIN_S, Device, State
 
 DATA = Path(__file__).parent / "data"
 NMEA = DATA / "nmea"
@@ -193,7 +193,7 @@ def test_parked_boat_goes_to_low_power() -> None:
     assert [t for _, t in run.trace.records] == ["first"]  # jitter is not motion
     assert run.trace.conditions == ["low_power_enter"]
     assert run.device.next_deadline() == pytest.approx(
-        run.trace.start + 3.0 + cfg.still_timeout_s + cfg.heartbeat_s, abs=5
+        run.trace.start + 3.0 + cfg.still_timeout_s + cfg.heartbeat_s - HEARTBEAT_MARGIN_S, abs=5
     )
 
 
