@@ -13,10 +13,10 @@ from test_app import THING, Harness
 from hw.power import nmea_checksum
 from tracker import codec, config
 from tracker.app import App
-from tracker.budget import MAX_STRETCH, RESERVE, Budget, BudgetState, load
+from tracker.budget import CONNECT_COST, MAX_STRETCH, RESERVE, Budget, BudgetState, load
 from tracker.clock import FakeClock
 from tracker.config import BudgetConfig
-from tracker.events import Inbound, LinkUp
+from tracker.events import Inbound, LinkDown, LinkUp
 
 NOON = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 
@@ -231,6 +231,26 @@ def test_budget_goes_into_conditions_and_the_shadow_and_is_set_remotely(tmp_path
     h.app.shutdown()
     saved = json.loads((tmp_path / "budget.json").read_text())
     assert saved["bytes"] == h.app.budget.state.bytes
+
+
+def test_reconnects_and_shadow_replies_are_charged(tmp_path: Path) -> None:
+    """A reconnect after an outage pays a handshake and the shadow sync again; the shadow's
+    replies come down the same link and count too."""
+    h = Harness(budget_app(tmp_path, bytes_per_day=500_000))
+    h.event(LinkUp())
+    h.play("qtpositioning/nmealog.txt", limit=5)
+    before = h.app.budget.state.bytes
+    sent = len(h.uplink.sent)
+    h.event(LinkDown("outage"))
+    h.event(LinkUp())
+    resync = h.uplink.sent[sent:]  # the shadow report and get of the new connection
+    assert [p.topic.rsplit("/", 1)[-1] for p in resync] == ["update", "get"]
+    spent = h.app.budget.state.bytes - before
+    assert spent >= CONNECT_COST + sum(len(p.payload) for p in resync)
+    reply = json.dumps({"state": {"desired": {}}, "version": 3}).encode()
+    before = h.app.budget.state.bytes
+    h.event(Inbound(f"$aws/things/{THING}/shadow/get/accepted", reply))
+    assert h.app.budget.state.bytes - before >= len(reply) + 100  # with TLS/TCP overheads
 
 
 def test_condition_messages_in_low_power_leave_out_empty_fields(tmp_path: Path) -> None:

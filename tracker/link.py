@@ -297,6 +297,9 @@ class Link:
         )
 
     def on_inbound(self, topic: str, payload: bytes) -> None:
+        if self.budget is not None:  # shadow replies cost the link (and AWS) as much as sends
+            wire = publish_packet_bytes(topic, len(payload))
+            self.budget.spend(message_cost(wire), blocks(len(payload)))
         if not topic.startswith(self.shadow.prefix + "/"):
             log.debug("message on unexpected topic %s ignored", topic)
             return
