@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The cellular bill: scenario days through the real daemon, every byte on the TCP link counted.
 
-Each scenario day (parked, commuter, delivery; each also with a one-hour outage) is written as
+Each scenario day (parked, commuter, delivery; each also with a one-hour outage; and parked2,
+the second of two days parked: no boot and no connect in it) is written as
 NMEA, played through a pty into `tracker run` at `[debug] clock_speed`, which connects to
 Mosquitto (mutual TLS) through a loopback TCP relay. The relay counts the bytes both ways and
 reads the kernel's segment counters (TCP_INFO) of its daemon-side socket when a connection ends;
@@ -122,6 +123,8 @@ def scenario_points(name: str, fixes: list[Fix]) -> list[Point]:
     h = 3600.0
     if name == "parked":
         return list(_park(fixes[0], 0, DAY_S))
+    if name == "parked2":  # two days parked; the second one is counted (no boot, no connect)
+        return list(_park(fixes[0], 0, 2 * DAY_S))
     if name == "commuter":  # 07:30-08:30 to work, 17:00-18:00 home (the same road back)
         leg = fixes[: int(h / DRIVE_STEP_S)]
         return [
@@ -151,7 +154,11 @@ def scenario_points(name: str, fixes: list[Fix]) -> list[Point]:
     raise ValueError(name)
 
 
-OUTAGES = {"parked": 12 * 3600, "commuter": 7.75 * 3600, "delivery": 10 * 3600}
+OUTAGES = {
+    "parked": 12 * 3600, "parked2": DAY_S + 12 * 3600, "commuter": 7.75 * 3600,
+    "delivery": 10 * 3600,
+}  # fmt: skip
+COUNT_FROM = {"parked2": DAY_S}  # replayed second the counted day starts (default 0)
 
 
 def _dm(value: float, hemis: str, width: int) -> tuple[str, str]:
@@ -191,6 +198,7 @@ class Conn:
     sends: list[float] = field(default_factory=list)  # real times of daemon -> broker chunks
     handshake: int = 0  # payload bytes both ways before the first 20 ms of quiet
     quiet: bool = False
+    before: tuple[int, int] = (0, 0)  # (payload bytes, segments) before the counted day
 
 
 def _tcp_segments(sock: socket.socket) -> int:
@@ -275,6 +283,18 @@ class Relay:
                 conn.closed = time.monotonic()
                 with contextlib.suppress(OSError):
                     conn.segs = _tcp_segments(client) + HANDSHAKE_SEGMENTS
+
+    def snapshot(self) -> None:
+        """What every connection has carried so far is left out of the count from now on."""
+        with self._lock:
+            live = {id(conn): client for client, _, conn in self._live}
+            for conn in self.conns:
+                segs = conn.segs
+                client = live.get(id(conn))
+                if conn.closed is None and client is not None:
+                    with contextlib.suppress(OSError):
+                        segs = _tcp_segments(client) + HANDSHAKE_SEGMENTS
+                conn.before = (conn.up + conn.down, segs + conn.extra_segs)
 
     def outage(self, on: bool) -> None:
         self.down = on
@@ -400,6 +420,9 @@ class Run:
         self.heard: list[tuple[float, str, bytes]] = []  # (wall time, topic, payload)
         self.proc: subprocess.Popen[bytes] | None = None
         self.t_play = 0.0  # wall time when the day's second 0 was played
+        self.count_from = 0.0  # replayed second the counted day starts at (DAY_S: the second)
+        self.counted_at: float | None = None  # real monotonic time counting started, if later
+        self.seq_before = 0  # fixes recorded before the counted day
 
     def start(self) -> None:
         self.broker.start()
@@ -458,20 +481,34 @@ class Run:
         self.broker.close()
         self.gps.close()
 
+    def start_counting(self, at: float) -> None:
+        """The counted day starts now, `at` replayed seconds after the first one played."""
+        assert self.relay is not None
+        self.relay.snapshot()
+        self.count_from, self.counted_at = at, time.monotonic()
+        for _, topic, payload in list(self.heard):
+            if topic.endswith("/location"):
+                with contextlib.suppress(CodecError):
+                    recs = codec.decode(payload)
+                    self.seq_before = max(self.seq_before, *(r.seq for r in recs))
+
     def result(self) -> Result:
         from tracker.spool import Spool
 
         assert self.relay is not None
         r = Result()
+        start = self.counted_at or 0.0
         for i, c in enumerate(self.relay.conns):
             if i == 0:
                 r.first_connect_bytes = c.handshake
-            r.connects += 1
-            r.payload_bytes += c.up + c.down
-            r.segments += c.segs + c.extra_segs
-            # keep-alive pings: one per keep-alive interval of replayed silence from the client
             end = c.closed or time.monotonic()
-            marks = [c.opened, *(t for t in c.sends if t < end), end]
+            if end <= start:
+                continue  # over before the counted day
+            r.connects += c.opened >= start
+            r.payload_bytes += c.up + c.down - c.before[0]
+            r.segments += c.segs + c.extra_segs - c.before[1]
+            # keep-alive pings: one per keep-alive interval of replayed silence from the client
+            marks = [max(c.opened, start), *(t for t in c.sends if start < t < end), end]
             for a, b in itertools.pairwise(marks):
                 r.pings += int((b - a) * self.speed // self.keepalive)
         r.ip_bytes = r.payload_bytes + TCPIP_HEADER * r.segments + PING_BYTES * r.pings
@@ -481,7 +518,10 @@ class Run:
         # before the first message arrived are left out of the worst delay
         linked = min(((at - self.t_play) * self.speed for at, _, _ in self.heard), default=0.0)
         shadow_requests = 0
+        counted = self.t_play + self.count_from / self.speed  # wall time
         for at, topic, payload in list(self.heard):
+            if at < counted:
+                continue
             r.aws_messages += max(1, math.ceil(len(payload) / AWS_BLOCK))
             kind = topic.rsplit("/", 2)[-2] if "/shadow/" in topic else topic.rsplit("/", 1)[-1]
             if "/shadow/" in topic:
@@ -506,6 +546,8 @@ class Run:
             for rec in recs:
                 sent = (rec.fix.time - DAY0).total_seconds()
                 arrived = (at - self.t_play) * self.speed
+                if sent < self.count_from:
+                    continue
                 if rec.seq not in first:
                     first[rec.seq] = arrived - sent
                     if sent >= linked:
@@ -514,7 +556,7 @@ class Run:
         r.fixes_delivered = len(first)
         r.worst_delay_s = round(max(delays, default=0.0), 1)
         with Spool(self.work / "spool.db") as spool:
-            r.fixes_recorded = spool.stats().next_seq - 1
+            r.fixes_recorded = spool.stats().next_seq - 1 - self.seq_before
         return r
 
 
@@ -536,6 +578,7 @@ def run_scenario(name: str, outage: bool, fixes: list[Fix], work: Path,
         # each run's day (from its first played second), with its outage, then DRAIN_S for what
         # is held (max_delay_s) and the drain; then the link is cut: counting ends there
         ended: set[str] = set()
+        count_from = COUNT_FROM.get(name, 0.0)
         while len(ended) < len(runs):
             for run in runs:
                 relay = run.relay
@@ -543,7 +586,9 @@ def run_scenario(name: str, outage: bool, fixes: list[Fix], work: Path,
                 t = (time.time() - run.t_play) * speed  # replayed seconds into the day
                 if run.label in ended:
                     continue
-                if t >= DAY_S + DRAIN_S:
+                if count_from and run.counted_at is None and t >= count_from:
+                    run.start_counting(count_from)
+                if t >= count_from + DAY_S + DRAIN_S:
                     relay.outage(True)
                     ended.add(run.label)
                 elif outage and (OUTAGES[name] <= t < OUTAGES[name] + 3600) != relay.down:
@@ -574,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     fixes = drive_fixes()
     work = Path(tempfile.mkdtemp(prefix="tracker-bench-link-"))
     wanted = [s for s in args.only.split(",") if s] or [
-        "parked", "parked-outage", "commuter", "commuter-outage", "delivery", "delivery-outage"
+        "parked", "parked-outage", "parked2", "commuter", "commuter-outage", "delivery",
+        "delivery-outage",
     ]  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     try:
