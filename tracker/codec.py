@@ -127,9 +127,10 @@ def encode_condition(fields: Mapping[str, Any], *, sparse: bool = False) -> byte
     """A condition message (battery, temperature, backlog, state...) as compact JSON.
 
     `sparse` (low power, where every byte is a keep-alive's worth): keys whose value is null,
-    zero, an empty string or an empty object or list are left out, at every level; a reader
-    takes a missing key as that. `reason` and `state` always stay. Still a JSON object that
-    IoT rules and the cloud transform read as before."""
+    a whole-number zero (the counters), an empty string or an empty object or list are left
+    out, at every level; a reader takes a missing key as that. A measurement of 0.0 (a
+    temperature) stays, so it cannot read as unknown. `reason` and `state` always stay. Still a
+    JSON object that IoT rules and the cloud transform read as before."""
     try:
         doc = dict(fields)
         if sparse:
@@ -147,7 +148,7 @@ def _sparse(doc: Mapping[str, Any]) -> dict[str, Any]:
             value = _sparse(value)
         if value is None or value == "" or (isinstance(value, (dict, list, tuple)) and not value):
             continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        if type(value) is int and value == 0:
             continue
         out[key] = value
     return out

@@ -120,8 +120,8 @@ class Link:
     def condition(self, fields: dict[str, Any]) -> None:
         """Send a condition message and the shadow's status summary, or keep it for the link.
 
-        In low power it goes sparse (no null, zero or empty fields): a parked day's bytes are
-        mostly keep-alives and these."""
+        In low power it goes sparse (no nulls, zero counters or empty lists): a parked day's
+        bytes are mostly keep-alives and these."""
         sparse = fields.get("state") == "low_power"
         payload = codec.encode_condition(fields, sparse=sparse)
         if not self.up:
