@@ -13,9 +13,9 @@ from test_app import THING, Harness
 from tracker.core import config
 from tracker.core.clock import FakeClock
 from tracker.core.config import BudgetConfig
-from tracker.core.events import Inbound, LinkUp
+from tracker.core.events import Inbound, LinkDown, LinkUp
 from tracker.daemon.app import App
-from tracker.device.budget import RESERVE, Budget, BudgetState, load
+from tracker.device.budget import CONNECT_COST, MAX_STRETCH, RESERVE, Budget, BudgetState, load
 from tracker.link import codec
 from tracker.receiver.nmea import frame
 
@@ -68,6 +68,27 @@ def test_messages_are_governed_too(tmp_path: Path) -> None:
 def test_without_gps_time_or_limits_nothing_waits(tmp_path: Path) -> None:
     assert make_budget(tmp_path, GpsClock(None), bytes_per_day=20_000).wait_s(10**6) == 0
     assert make_budget(tmp_path, GpsClock(NOON)).wait_s(10**9) == 0
+
+
+def test_intervals_widen_as_spending_nears_the_allowance_and_narrow_again(
+    tmp_path: Path,
+) -> None:
+    gps = GpsClock(NOON)  # half the day gone: 55 % of the allowance may be spent
+    b = make_budget(tmp_path, gps, bytes_per_day=100_000)
+    assert b.stretch() == 1.0
+    b.spend(40_000)  # 73 % of what the day allows so far: not yet
+    assert b.stretch() == 1.0
+    b.spend(5_000)  # 82 %: wider
+    assert 1.0 < b.stretch() < MAX_STRETCH
+    b.spend(10_000)  # all of it
+    assert b.stretch() == pytest.approx(MAX_STRETCH)
+    gps.t = NOON + timedelta(hours=8)  # the day went on: 85 % allowed, 55 % spent
+    assert b.stretch() == 1.0
+    assert b.wait_s(40_000) > 0 and b.stretch() == MAX_STRETCH  # a message waits
+    gps.mono += b.wait_s(40_000) + 1
+    gps.t += timedelta(hours=4)
+    assert b.stretch() == 1.0
+    assert make_budget(tmp_path / "x", gps).stretch() == 1.0  # no limit: never
 
 
 def test_keepalive_pings_are_counted_while_connected(tmp_path: Path) -> None:
@@ -127,13 +148,17 @@ def parked_nmea(path: Path, fix: Any, days: float, step_s: int = 30) -> Path:
     return path
 
 
-def drive_day(h: Harness, tmp_path: Path) -> tuple[list[tuple[str, int]], int]:
+def drive_day(
+    h: Harness, tmp_path: Path, stretches: list[float] | None = None
+) -> tuple[list[tuple[str, int]], int]:
     """The 2.5-hour drive, then three days parked; (GPS day, bytes spent) after every epoch."""
     seen: list[tuple[str, int]] = []
 
     def note(*_: Any) -> None:
         st = h.app.budget.state
         seen.append((st.day, st.bytes))
+        if stretches is not None:
+            stretches.append(h.app.device.policy.stretch)
 
     h.event(LinkUp())
     epochs = h.play("nmeaparser/NmeaSampleData.txt", each=note)
@@ -148,7 +173,8 @@ def test_a_day_that_would_overspend_stays_within_budget_and_loses_nothing(
 ) -> None:
     limit = 20_000
     h = Harness(budget_app(tmp_path, bytes_per_day=limit))
-    seen, drive_reports = drive_day(h, tmp_path)
+    stretches: list[float] = []
+    seen, drive_reports = drive_day(h, tmp_path, stretches)
     worst: dict[str, int] = {}
     for day, spent in seen:
         worst[day] = max(worst.get(day, 0), spent)
@@ -165,6 +191,13 @@ def test_a_day_that_would_overspend_stays_within_budget_and_loses_nothing(
     batches = [codec.decode(p.payload) for p in h.uplink.on("/location")]
     backlog = [r.seq for b in batches if len(b) > 1 for r in b]
     assert backlog == sorted(backlog) and len(set(backlog)) == len(backlog)
+    # short of allowance the reporting intervals widened (fewer fixes taken, not fixes
+    # dropped), and went back to the settings once the allowance came back
+    free = Harness(budget_app(tmp_path / "free"))
+    free.event(LinkUp())
+    free.play("nmeaparser/NmeaSampleData.txt")
+    assert max(stretches) == MAX_STRETCH and stretches[-1] == 1.0
+    assert drive_reports < free.app.reports * 0.6, (drive_reports, free.app.reports)
 
 
 def test_a_day_that_fits_is_not_slowed(tmp_path: Path) -> None:
@@ -199,3 +232,43 @@ def test_budget_goes_into_conditions_and_the_shadow_and_is_set_remotely(tmp_path
     h.app.shutdown()
     saved = json.loads((tmp_path / "budget.json").read_text())
     assert saved["bytes"] == h.app.budget.state.bytes
+
+
+def test_reconnects_and_shadow_replies_are_charged(tmp_path: Path) -> None:
+    """A reconnect after an outage pays a handshake and the shadow sync again; the shadow's
+    replies come down the same link and count too."""
+    h = Harness(budget_app(tmp_path, bytes_per_day=500_000))
+    h.event(LinkUp())
+    h.play("qtpositioning/nmealog.txt", limit=5)
+    before = h.app.budget.state.bytes
+    sent = len(h.uplink.sent)
+    h.event(LinkDown("outage"))
+    h.event(LinkUp())
+    resync = h.uplink.sent[sent:]  # the shadow report and get of the new connection
+    assert [p.topic.rsplit("/", 1)[-1] for p in resync] == ["update", "get"]
+    spent = h.app.budget.state.bytes - before
+    assert spent >= CONNECT_COST + sum(len(p.payload) for p in resync)
+    reply = json.dumps({"state": {"desired": {}}, "version": 3}).encode()
+    before = h.app.budget.state.bytes
+    h.event(Inbound(f"$aws/things/{THING}/shadow/get/accepted", reply))
+    assert h.app.budget.state.bytes - before >= len(reply) + 100  # with TLS/TCP overheads
+
+
+def test_condition_messages_in_low_power_leave_out_empty_fields(tmp_path: Path) -> None:
+    h = Harness(budget_app(tmp_path))
+    h.event(LinkUp())
+    epochs = h.play("qtpositioning/nmealog.txt", limit=5)
+    last = [e.fix for e in epochs if e.fix is not None][-1]
+    h.app.condition("test")  # awake: the full message
+    h.play(str(parked_nmea(tmp_path / "parked.nmea", last, 0.5)))
+    awake: list[tuple[dict[str, Any], int]] = []
+    asleep: list[tuple[dict[str, Any], int]] = []
+    for p in h.uplink.on("/condition"):
+        doc = json.loads(p.payload)
+        (asleep if doc["state"] == "low_power" else awake).append((doc, len(p.payload)))
+    assert asleep and awake
+    for doc, _ in asleep:  # sparse: no null, zero or empty value at any level
+        flat = json.dumps(doc)
+        assert "null" not in flat and ":0," not in flat and "{}" not in flat and "[]" not in flat
+        assert doc["reason"] and doc["battery"]["percent"] == 80 and doc["time"]
+    assert max(n for _, n in asleep) < min(n for _, n in awake) / 2

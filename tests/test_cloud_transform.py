@@ -113,6 +113,17 @@ def test_condition_message_is_its_own_kind() -> None:
     }  # fmt: skip
 
 
+def test_a_sparse_low_power_condition_is_stored_like_a_full_one() -> None:
+    full = {"reason": "periodic", "time": "2008-03-03T22:26:16Z", "state": "low_power",
+            "battery": {"percent": 80.0, "voltage": None}, "spool": {"backlog": 0}}  # fmt: skip
+    payload = encode_condition(full, sparse=True)
+    (result,) = transform.handler(firehose_event([rule_record(payload, "condition")]))["records"]
+    (line,) = lines(result)
+    assert (line["time"], line["reason"]) == ("2008-03-03T22:26:16Z", "periodic")
+    assert line["body"] == {"reason": "periodic", "time": "2008-03-03T22:26:16Z",
+                            "state": "low_power", "battery": {"percent": 80.0}}  # fmt: skip
+
+
 def _b64(doc: Any) -> bytes:
     return json.dumps(doc).encode()
 

@@ -175,6 +175,21 @@ def test_condition_is_compact_json_and_rejects_nan() -> None:
         encode_condition({"when": T0})
 
 
+def test_a_sparse_condition_leaves_out_null_zero_and_empty_fields() -> None:
+    fields = {
+        "reason": "periodic", "time": None, "state": "low_power", "uptime_s": 0,
+        "battery": {"percent": 80.0, "voltage": None}, "link": {"up": True, "drops": 0},
+        "spool": {"backlog": 0, "dropped": {}, "lost_ranges": []}, "internal_errors": 0,
+        "temperature_c": 0.0,
+    }  # fmt: skip
+    assert json.loads(encode_condition(fields, sparse=True)) == {
+        "reason": "periodic", "state": "low_power", "battery": {"percent": 80.0},
+        "link": {"up": True}, "temperature_c": 0.0,  # a measured 0.0 is not "unknown"
+    }  # fmt: skip
+    assert json.loads(encode_condition(fields)) == fields
+    assert len(encode_condition(fields, sparse=True)) < len(encode_condition(fields)) / 2
+
+
 def test_encode_rejects_empty_and_nonfinite() -> None:
     with pytest.raises(CodecError):
         encode_batch([])

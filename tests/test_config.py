@@ -51,6 +51,12 @@ def test_minimal_config_gets_vehicle_defaults(tmp_path: Path) -> None:
         ("[gps]\nspeed = 1", "unknown key [gps] speed"),
         ("[gsp]\nurl = 'x'", "unknown section [gsp]"),
         ("[policy]\nmin_interval_s = 600\nmax_interval_s = 60", "min_interval_s must not exceed"),
+        (
+            "[budget]\nbytes_per_day = 5000",
+            "[budget] bytes_per_day = 5000 is below 20000 bytes, too little for one connection "
+            "and its messages a day: set 0 (no limit) or at least 20000",
+        ),
+        ("[budget]\nmessages_per_day = 10", "[budget] messages_per_day = 10 is below 24"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, extra: str, message: str) -> None:

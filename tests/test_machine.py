@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ from tracker.core.config import PolicyConfig
 from tracker.core.fix import Fix
 from tracker.core.scheduler import Scheduler
 from tracker.device.machine import (
+    HEARTBEAT_MARGIN_S,
     TRANSITIONS,
     Device,
     Effects,
@@ -186,7 +188,7 @@ def test_still_leads_to_low_power_and_heartbeat_wakes() -> None:
         ("link", False),
     ]
     entered = b.t0 + 301
-    assert b.dev.deadline == entered + 3600
+    assert b.dev.deadline == entered + 3600 - HEARTBEAT_MARGIN_S
     # heartbeat: wake, one report, back to sleep without more condition messages
     n = len(b.fx.calls)
     b.park(400, 3901 + 10)
@@ -206,10 +208,24 @@ def test_heartbeat_without_fix_goes_back_to_sleep() -> None:
     b.dev.start()
     b.park(1, 100)
     assert b.dev.state is State.LOW_POWER
-    b.until(61 + 1000 + 30)  # woke for the heartbeat, no fix in 30 s
+    woke = 61 + 1000 - HEARTBEAT_MARGIN_S  # a heartbeat wake comes a margin early
+    b.until(woke + 30)  # woke for the heartbeat, no fix in 30 s
     assert b.dev.state is State.LOW_POWER
     assert b.fx.of("condition")[-1] == "no_fix"
-    assert b.dev.deadline == b.t0 + 1091 + 1000
+    assert b.dev.deadline == b.t0 + woke + 30 + 1000 - HEARTBEAT_MARGIN_S
+
+
+def test_heartbeat_reports_come_a_little_under_heartbeat_s_apart() -> None:
+    # each wake allows for the time the last one took to a fix: reports go just before a
+    # keep-alive ping that divides heartbeat_s instead of just after it
+    cfg = dataclasses.replace(CFG, still_timeout_s=60, heartbeat_s=3600, settle_s=0)
+    b = Bench(cfg)
+    b.dev.start()
+    b.park(1, 5 * 3600)
+    times = [fix.time for fix, trigger in b.fx.of("record") if trigger == "heartbeat"]
+    gaps = [(b2 - a).total_seconds() for a, b2 in itertools.pairwise(times)]
+    assert len(gaps) >= 3
+    assert all(3600 - 2 * HEARTBEAT_MARGIN_S <= g < 3600 for g in gaps), gaps
 
 
 def test_motion_wakes_from_low_power() -> None:

@@ -113,6 +113,22 @@ def test_start_then_distance_while_driving() -> None:
     assert distances == [15, 25, 35, 45, 55]
 
 
+def test_a_stretch_widens_distance_and_interval_and_1_is_the_settings() -> None:
+    cfg = PolicyConfig(distance_m=100, max_interval_s=120, min_interval_s=5)
+    wide = ReportPolicy(cfg)
+    wide.stretch = 4.0  # the data plan governor, short of allowance
+    wide.consider(at(0))
+    reports = drive(wide, 1, 200, speed=10)
+    # min_interval_s 20 s (the start waits for it), then every 400 m instead of 100 m
+    assert reports == [(20, "start"), *((t, "distance") for t in (60, 100, 140, 180))]
+    slow = ReportPolicy(PolicyConfig(distance_m=1000, max_interval_s=60))
+    slow.stretch = 2.0
+    slow.consider(at(0))
+    assert [t for t, _ in drive(slow, 1, 400, speed=3)][1:] == [131, 251, 371]  # 120 s
+    slow.stretch = 1.0  # the allowance is back: the settings again
+    assert [t for t, _ in drive(slow, 400, 600, speed=3)] == [400, 460, 520, 580]
+
+
 def test_interval_while_moving_slowly() -> None:
     cfg = PolicyConfig(distance_m=1000, max_interval_s=60)
     p = ReportPolicy(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -348,3 +349,29 @@ def test_a_failed_connection_says_why_and_where_to_look(
     assert expected in down.reason, down.reason
     if where == "dns":
         assert "check [aws] endpoint and the board's DNS" in down.reason
+
+
+@pytest.mark.parametrize("pq", [False, True])
+def test_topic_aliases_and_the_tls_policy_the_client_is_built_with(
+    broker: Broker, events: Events, monkeypatch: pytest.MonkeyPatch, pq: bool
+) -> None:
+    from awscrt import io, mqtt5
+    from awsiot import mqtt5_client_builder
+
+    seen: dict[str, object] = {}
+
+    def builder(**kwargs: object) -> object:
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(mqtt5_client_builder, "mtls_from_path", builder)
+    aws = dataclasses.replace(broker.aws_config(), post_quantum_tls=pq)
+    with pytest.raises(UplinkError):
+        Uplink(aws, THING, events.post).start()
+    aliasing = seen["topic_aliasing_options"]
+    assert isinstance(aliasing, mqtt5.TopicAliasingOptions)
+    assert aliasing.outbound_behavior == mqtt5.OutboundTopicAliasBehaviorType.LRU
+    assert aliasing.outbound_cache_max_size == 8  # AWS IoT Core's limit per connection
+    # without the post-quantum key share the ClientHello is about 1.3 KB smaller
+    want = io.TlsCipherPref.PQ_DEFAULT if pq else io.TlsCipherPref.TLSv1_2_2025_07
+    assert seen["cipher_pref"] == want

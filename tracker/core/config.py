@@ -44,9 +44,16 @@ def setting(
     choices: tuple[str, ...] | None = None,
     unit: str = "",
     remote: bool = False,
+    least: tuple[float, str] | None = None,
 ) -> Any:
-    """A config field with its documentation and bounds."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "unit": unit, "remote": remote}
+    """A config field with its documentation and bounds.
+
+    `least` = (value, why): 0 turns the setting off, any other value must be at least `value`
+    (`why` says what less would break); it holds for the file and for remote settings alike."""
+    meta = {
+        "doc": doc, "lo": lo, "hi": hi, "choices": choices, "unit": unit, "remote": remote,
+        "least": least,
+    }  # fmt: skip
     return field(default=default, metadata=meta)
 
 
@@ -94,6 +101,11 @@ class AwsConfig:
         8, "publishes handed to the SDK at once (memory stays flat)", lo=1, hi=100
     )
     flow_control: bool = setting(True, "apply AWS IoT Core's 100 msg/s and 512 KB/s limits")
+    post_quantum_tls: bool = setting(
+        False,
+        "offer a post-quantum hybrid key exchange (ML-KEM) in the TLS handshake: about 1.3 KB "
+        "more per connection; false: TLS 1.3 (or 1.2) with classic ECDHE",
+    )
     compress: bool = setting(
         True,
         "send fixes as batch version 2 (deflated); false: v1 JSON batches and one plain JSON "
@@ -230,6 +242,7 @@ class BudgetConfig:
         hi=1_000_000_000,
         unit="bytes",
         remote=True,
+        least=(20_000, "too little for one connection and its messages a day"),
     )
     messages_per_day: int = setting(
         0,
@@ -237,6 +250,7 @@ class BudgetConfig:
         lo=0,
         hi=10_000_000,
         remote=True,
+        least=(24, "fewer than one an hour would silence the heartbeats"),
     )
 
 
@@ -329,6 +343,12 @@ def check_value(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(
                 f"{key} = {value} is out of range: allowed {lo} to {hi} {unit}".rstrip()
+            )
+        least = f.metadata.get("least")
+        if least is not None and 0 < value < least[0]:
+            raise ConfigError(
+                f"{key} = {value} is below {_toml(least[0])} {unit}".rstrip()
+                + f", {least[1]}: set 0 (no limit) or at least {_toml(least[0])}"
             )
     elif not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, not {shown(value)}")
@@ -527,6 +547,8 @@ def reference_markdown() -> str:
             default = "required" if f.default is REQUIRED else f"`{_toml(f.default)}`"
             if m["choices"]:
                 allowed = ", ".join(f"`{c}`" for c in m["choices"])
+            elif m.get("least") is not None:
+                allowed = f"0 or {_toml(m['least'][0])} to {_toml(m['hi'])} {m['unit']}".rstrip()
             elif m["lo"] is not None:
                 allowed = f"{_toml(m['lo'])} to {_toml(m['hi'])} {m['unit']}".rstrip()
             else:

@@ -375,6 +375,7 @@ class App:
                 self.device.on_motion()
         else:
             self.parked.reset()
+        self.device.policy.stretch = self.budget.stretch()  # short allowance: wider intervals
         self.device.on_epoch(epoch)
 
     def apply_config(self, new: Config) -> None:

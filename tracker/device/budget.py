@@ -33,13 +33,19 @@ SAVE_EVERY_S = 600.0  # at most one write of the state file per this long (flash
 MIN_WAIT_S = 10.0  # the shortest wait the governor asks for
 # Link cost estimates (bytes on the wire, both directions), from scripts/bench_link.py against
 # Mosquitto with mutual TLS: per message (TLS record, TCP/IP headers, the PUBACK and the bare
-# ACKs around them) on top of the MQTT packet; per TLS+MQTT connect (EC P-256 chain; an RSA
-# chain like AWS IoT Core's costs more); per keep-alive ping (PINGREQ, PINGRESP, ACK).
+# ACKs around them) on top of the MQTT packet; per TLS+MQTT connect (measured 4.4 KB with an EC
+# P-256 chain: ClientHello 0.26 KB, the server's flight 1.3 KB, the client certificate's 0.65
+# KB, session tickets and CONNACK 1.3 KB, SUBSCRIBE and SUBACK 0.3 KB, with TCP/IP headers; an
+# RSA chain like AWS IoT Core's costs more); per keep-alive ping (PINGREQ, PINGRESP, ACK).
 MESSAGE_OVERHEAD = 190
 SEGMENT_PAYLOAD = 1360  # data per TCP segment on a cellular link (MTU 1400..1500)
 CONNECT_COST = 4_500
 PING_COST = 170
 CONTROL_RESERVE = 2_000  # room kept for the day's event reports, which are never held back
+# Widening: spending above WIDEN_FROM of the allowance so far widens the reporting intervals, up
+# to MAX_STRETCH times at the full allowance (or while a message waits for it)
+WIDEN_FROM = 0.75
+MAX_STRETCH = 8.0
 
 
 def message_cost(mqtt_bytes: int) -> int:
@@ -84,6 +90,7 @@ class Budget:
         self.waiting_until: float | None = None  # monotonic: a message is held until then
         self._saved_at: float | None = None
         self._dirty = False
+        self._widened = False  # the last stretch() was above 1 (logged when that changes)
 
     @property
     def limited(self) -> bool:
@@ -147,6 +154,42 @@ class Budget:
         if self.cfg.bytes_per_day > 0:
             waits.append(self._fixed_costs_wait(link_bytes, into_day))
         return max(waits)
+
+    def stretch(self) -> float:
+        """How much wider the reporting intervals should be (1: as set): 1 while today's
+        spending stays under WIDEN_FROM of the allowance so far, rising geometrically to
+        MAX_STRETCH at the allowance, and MAX_STRETCH while a message waits for it. Fewer fixes
+        are taken rather than more of them queued; back to 1 once the allowance catches up
+        (the day goes on, or a new GPS day starts)."""
+        wide = self._stretch()
+        if (wide > 1.0) != self._widened:
+            self._widened = wide > 1.0
+            if self._widened:
+                log.info(
+                    "budget: %d bytes used today: reporting intervals widened", self.state.bytes
+                )
+            else:
+                log.info("budget: allowance back: reporting intervals as set")
+        return wide
+
+    def _stretch(self) -> float:
+        now = self._gps_now()
+        if not self.limited or now is None:
+            return 1.0
+        self._roll()
+        if self.waiting_until is not None and self.waiting_until > self._monotonic():
+            return MAX_STRETCH
+        share = RESERVE + (1.0 - RESERVE) * _seconds_into_day(now) / DAY_S
+        used = 0.0
+        for limit, spent in (
+            (self.cfg.bytes_per_day, self.state.bytes),
+            (self.cfg.messages_per_day, self.state.messages),
+        ):
+            if limit > 0:
+                used = max(used, spent / (limit * share))
+        if used <= WIDEN_FROM:
+            return 1.0
+        return float(MAX_STRETCH ** min(1.0, (used - WIDEN_FROM) / (1.0 - WIDEN_FROM)))
 
     def room_bytes(self) -> int | None:
         """Link bytes one message may cost now without waiting; None: no byte limit."""

@@ -36,6 +36,8 @@ IDLE, ACQUIRING_FIX, REPORTING, LOW_POWER = (
     State.LOW_POWER,
 )
 _ASLEEP = [IDLE, LOW_POWER]
+HEARTBEAT_MARGIN_S = 15.0  # heartbeat reports come this much under heartbeat_s apart
+HEARTBEAT_LEAD_MAX = 0.05  # share of heartbeat_s a wake may come early, at most
 
 # The transition table. A trigger with no row for the current state is ignored.
 TRANSITIONS: list[dict[str, Any]] = [
@@ -134,6 +136,7 @@ class Device:
         self._hold_pending = False
         self._quiet_cycle = False  # inside a heartbeat wake: no enter/exit conditions
         self._low_power_reason: str | None = None
+        self._woke_at: float | None = None  # monotonic: this heartbeat wake began
         self._backoff_s = cfg.fix_backoff_s
         self._entered = clock.monotonic()
         self.counters: dict[str, int] = {}
@@ -286,7 +289,10 @@ class Device:
 
     def _enter_low_power(self, event: Any) -> None:
         self._gps(False)
-        self._set_timer(self.cfg.heartbeat_s)
+        now = self.clock.monotonic()
+        reported = event.event.name == "rest"  # a wake that ended in a report (not a timeout)
+        self._set_timer(self.cfg.heartbeat_s - self._heartbeat_lead(now, reported))
+        self._woke_at = None
         self._hold_until = None
         self._hold_pending = False
         reason = "battery_low" if self._battery_low else "low_power_enter"
@@ -300,6 +306,7 @@ class Device:
         self.effects.link(True)
         name = event.event.name
         self._quiet_cycle = name == "heartbeat"
+        self._woke_at = self.clock.monotonic() if name == "heartbeat" else None
         if name in EXIT_REASONS:
             self.effects.condition(EXIT_REASONS[name])
 
@@ -309,6 +316,15 @@ class Device:
         self.seconds_in[source] += now - self._entered
         self._entered = now
         self._count(f"to_{self.state.value}")
+
+    def _heartbeat_lead(self, now: float, reported: bool) -> float:
+        """How much sooner than heartbeat_s the next heartbeat wake comes: the time the last
+        wake took to report, plus a margin. Reports then come a little under heartbeat_s apart
+        instead of heartbeat_s plus the time to a fix, so on a link kept open in low power the
+        report goes just before a keep-alive ping that was due, not just after it (with
+        `[aws] keepalive_s` dividing heartbeat_s: 2 pings an hour instead of 3)."""
+        took = now - self._woke_at if self._woke_at is not None and reported else 0.0
+        return min(took + HEARTBEAT_MARGIN_S, HEARTBEAT_LEAD_MAX * self.cfg.heartbeat_s)
 
     # ---- internals -----------------------------------------------------------------------------
     def _set_timer(self, seconds: float) -> None:

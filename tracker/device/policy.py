@@ -40,6 +40,9 @@ class ReportPolicy:
         self._last: Fix | None = None  # last fix considered
         self._reported: Fix | None = None  # last fix reported
         self._heading_ref: float | None = None
+        # >= 1: the data plan governor widens the moving intervals (min and max interval,
+        # distance, heading change) by this factor while the day's allowance runs short
+        self.stretch = 1.0
 
     @property
     def stop_after_s(self) -> float:
@@ -117,19 +120,21 @@ class ReportPolicy:
             return "first"
         if self._heading_ref is None and self.moving and self._has_course(fix):
             self._heading_ref = fix.course
-        if _seconds(fix.time, rep.time) < cfg.min_interval_s:
+        wide = max(1.0, self.stretch)
+        min_interval = min(cfg.min_interval_s * wide, cfg.max_interval_s)
+        if _seconds(fix.time, rep.time) < min_interval:
             return None
         if self.pending is not None:
             return self.pending
         moved = distance_m(rep.lat, rep.lon, fix.lat, fix.lon)
-        if moved >= cfg.distance_m and (self.moving or moved > cfg.still_radius_m):
+        if moved >= cfg.distance_m * wide and (self.moving or moved > cfg.still_radius_m):
             return "distance"
         if (
             self.moving
             and self._heading_ref is not None
             and self._has_course(fix)
             and fix.course is not None
-            and heading_change(self._heading_ref, fix.course) >= cfg.heading_deg
+            and heading_change(self._heading_ref, fix.course) >= min(cfg.heading_deg * wide, 180)
         ):
             return "heading"
         elapsed = _seconds(fix.time, rep.time)
@@ -138,7 +143,7 @@ class ReportPolicy:
                 cfg.still_radius_m / cfg.moving_speed_mps
             )
             # a halt becomes a "stop" report within max_interval_s: no interval report before it
-            if elapsed >= cfg.max_interval_s and not halted:
+            if elapsed >= cfg.max_interval_s * wide and not halted:
                 return "interval"
         elif elapsed >= cfg.heartbeat_s:
             return "heartbeat"

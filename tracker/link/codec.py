@@ -123,12 +123,35 @@ def encode_batch(
     return payload, len(rows)
 
 
-def encode_condition(fields: Mapping[str, Any]) -> bytes:
-    """A condition message (battery, temperature, backlog, state...) as compact JSON."""
+def encode_condition(fields: Mapping[str, Any], *, sparse: bool = False) -> bytes:
+    """A condition message (battery, temperature, backlog, state...) as compact JSON.
+
+    `sparse` (low power, where every byte is a keep-alive's worth): keys whose value is null,
+    a whole-number zero (the counters), an empty string or an empty object or list are left
+    out, at every level; a reader takes a missing key as that. A measurement of 0.0 (a
+    temperature) stays, so it cannot read as unknown. `reason` and `state` always stay. Still a
+    JSON object that IoT rules and the cloud transform read as before."""
     try:
-        return _dumps(dict(fields))
+        doc = dict(fields)
+        if sparse:
+            kept = {k: doc[k] for k in ("reason", "state") if k in doc}
+            doc = _sparse(doc) | kept
+        return _dumps(doc)
     except (TypeError, ValueError) as exc:
         raise CodecError(f"condition message cannot be encoded: {exc}") from exc
+
+
+def _sparse(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            value = _sparse(value)
+        if value is None or value == "" or (isinstance(value, (dict, list, tuple)) and not value):
+            continue
+        if type(value) is int and value == 0:
+            continue
+        out[key] = value
+    return out
 
 
 def decode(payload: bytes) -> list[Record]:

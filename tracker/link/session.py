@@ -119,8 +119,12 @@ class Link:
 
     # ---- sending ------------------------------------------------------------------------------
     def condition(self, fields: dict[str, Any]) -> None:
-        """Send a condition message and the shadow's status summary, or keep it for the link."""
-        payload = codec.encode_condition(fields)
+        """Send a condition message and the shadow's status summary, or keep it for the link.
+
+        In low power it goes sparse (no nulls, zero counters or empty lists): a parked day's
+        bytes are mostly keep-alives and these."""
+        sparse = fields.get("state") == "low_power"
+        payload = codec.encode_condition(fields, sparse=sparse)
         if not self.up:
             self.pending_condition = payload  # only the latest matters; sent on reconnect
             return
@@ -137,7 +141,7 @@ class Link:
         if self.held_condition is not None and fields.get("reason") == "periodic":
             payload, self.held_condition = self.held_condition, None  # the event goes first
             self.publish([(topic, payload)])
-            payload = codec.encode_condition(fields)
+            payload = codec.encode_condition(fields, sparse=sparse)
         self.held_condition = None
         self.publish([(topic, payload)])
         battery = fields["battery"] or {}
@@ -296,6 +300,9 @@ class Link:
     def on_inbound(self, topic: str, payload: bytes) -> Config | None:
         """A message on a subscribed topic (the shadow's): its replies go out; returns the new
         config to apply, if it brings one (the shadow has logged what it applied and refused)."""
+        if self.budget is not None:  # shadow replies cost the link (and AWS) as much as sends
+            wire = publish_packet_bytes(topic, len(payload))
+            self.budget.spend(message_cost(wire), blocks(len(payload)))
         result = self.shadow.on_message(topic, payload)
         self.publish(result.publish)
         return result.config

@@ -79,6 +79,8 @@ def settings_table() -> str:
     for k in REMOTE.values():
         lo, hi = k.field.metadata["lo"], k.field.metadata["hi"]
         bounds = f"{_num(lo)} to {_num(hi)}" if lo is not None and hi is not None else "any"
+        if k.field.metadata.get("least") is not None:
+            bounds = f"0 or {_num(k.field.metadata['least'][0])} to {_num(hi)}"
         kind = "whole number" if type(k.default) is int else "number"
         rows.append(
             f"| `{k.path}` | {k.unit or '-'} | {_num(k.default)} | {bounds} ({kind}) "
@@ -129,10 +131,6 @@ def check_remote(key: RemoteKey, value: Any) -> Any:
     return config_mod.check_value(key.section, key.field, value)
 
 
-MIN_BYTES_PER_DAY = 20_000  # a connection and a few messages: less would silence the device
-MIN_MESSAGES_PER_DAY = 24
-
-
 def silencing_problems(cfg: Config) -> list[tuple[frozenset[str], str]]:
     """Combinations that would leave the device silent: (keys involved, why). The config file's
     own pair rules (`config.pair_problems`), and what only a remote change could break."""
@@ -146,23 +144,6 @@ def silencing_problems(cfg: Config) -> list[tuple[frozenset[str], str]]:
                 f"refused: heartbeat_s {_num(p.heartbeat_s)} s is longer than the spool "
                 f"holds ({cfg.spool.max_fixes} fixes x min_interval_s "
                 f"{_num(p.min_interval_s)} s = {_num(spool_span)} s)",
-            )
-        )
-    b = cfg.budget
-    if 0 < b.bytes_per_day < MIN_BYTES_PER_DAY:
-        out.append(
-            (
-                frozenset({"budget.bytes_per_day"}),
-                f"refused: bytes_per_day {b.bytes_per_day} is below {MIN_BYTES_PER_DAY}, "
-                "too little for one connection a day; 0 means unlimited",
-            )
-        )
-    if 0 < b.messages_per_day < MIN_MESSAGES_PER_DAY:
-        out.append(
-            (
-                frozenset({"budget.messages_per_day"}),
-                f"refused: messages_per_day {b.messages_per_day} is below "
-                f"{MIN_MESSAGES_PER_DAY}; 0 means unlimited",
             )
         )
     return out
