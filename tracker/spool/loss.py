@@ -14,7 +14,7 @@ from pathlib import Path
 from tracker.spool.files import SEQ_BLOCK, SeqSidecar
 from tracker.spool.wal import db_page_size, unbackfilled, wal_damage
 
-log = logging.getLogger("tracker.spool.store")
+log = logging.getLogger("tracker.spool")
 
 
 @dataclass(frozen=True)
