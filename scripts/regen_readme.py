@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tracker.core.config import reference_markdown  # noqa: E402
-from tracker.link.settings_store import settings_table  # noqa: E402
+from tracker.link.remote_settings import settings_table  # noqa: E402
 
 
 def replace_after(text: str, marker: str, body: str, ends_at: str) -> str:

@@ -196,7 +196,7 @@ def test_a_bug_while_handling_one_event_does_not_stop_the_loop(tmp_path: Path) -
     harness.event(LinkUp())
     app = harness.app
     calls = {"n": 0}
-    real = app.mqtt.on_puback
+    real = app.session.on_puback
 
     def flaky(token: int) -> None:
         calls["n"] += 1
@@ -204,7 +204,7 @@ def test_a_bug_while_handling_one_event_does_not_stop_the_loop(tmp_path: Path) -
             raise ZeroDivisionError("a bug")
         real(token)
 
-    app.mqtt.on_puback = flaky  # type: ignore[method-assign]
+    app.session.on_puback = flaky  # type: ignore[method-assign]
     harness.play("qtpositioning/nmealog.txt", limit=40)
     assert app.internal_errors == 1
     assert app.reports > 3

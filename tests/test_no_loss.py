@@ -291,7 +291,7 @@ def test_closing_the_real_link_with_unanswered_publishes_fails_them_and_tokens_s
         fw.pump()
         first = fw.stats()
         assert first.in_flight == 4
-        fw.link_down()  # as Link.close does: link down, in flight -> ready, stop the client
+        fw.link_down()  # as Session.close does: link down, in flight -> ready, stop the client
         assert spool.stats().in_flight == first.in_flight_fixes  # a lost link keeps them
         fw.release_in_flight()
         assert spool.stats().in_flight == 0 and fw.stats().orphaned == 4

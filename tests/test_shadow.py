@@ -18,7 +18,7 @@ from tracker.core import config
 from tracker.core.config import Config
 from tracker.core.errors import ConfigError
 from tracker.core.limits import MAX_PAYLOAD
-from tracker.link import settings_store
+from tracker.link import remote_settings
 from tracker.link.shadow import REPORT_LIMIT, ShadowSync, shadow_prefix
 
 THING = "tracker-test-1"
@@ -108,7 +108,7 @@ def delta(state: dict[str, Any], version: int) -> bytes:
 
 
 def test_remote_keys_come_from_config_metadata_and_exclude_identity() -> None:
-    paths = set(settings_store.REMOTE)
+    paths = set(remote_settings.REMOTE)
     assert "policy.distance_m" in paths and "aws.batch_bytes" in paths
     policy = {f"policy.{f.name}" for f in dataclasses.fields(config.PolicyConfig)}
     budget = {f"budget.{f.name}" for f in dataclasses.fields(config.BudgetConfig)}
@@ -127,9 +127,9 @@ def test_remote_keys_come_from_config_metadata_and_exclude_identity() -> None:
 
 
 def test_readme_table_lists_every_remote_key_with_unit_default_and_bounds() -> None:
-    table = settings_store.settings_table()
+    table = remote_settings.settings_table()
     rows = table.strip().splitlines()[2:]
-    assert len(rows) == len(settings_store.REMOTE)
+    assert len(rows) == len(remote_settings.REMOTE)
     assert "| `policy.distance_m` | m | 100 | 5 to 100000 (number) |" in table
     assert "| `aws.batch_bytes` | bytes | 5120 | 512 to 131072 (whole number) |" in table
 
@@ -140,9 +140,9 @@ def test_readme_table_matches_the_config_metadata() -> None:
     if marker not in readme:
         pytest.skip("README has no remote settings table yet")
     table = readme.split(marker, 1)[1].lstrip("\n")
-    expected = settings_store.settings_table()
+    expected = remote_settings.settings_table()
     assert table[: len(expected)] == expected, (
-        "README table is out of date: paste settings_store.settings_table() after the marker"
+        "README table is out of date: paste remote_settings.settings_table() after the marker"
     )
 
 
@@ -169,7 +169,7 @@ def test_delta_applies_at_once_persists_and_is_reported(cfg: Config, store: Path
     assert cloud.reported()["policy"]["distance_m"] == 50
     doc = cloud.service.document()
     assert delta_of(doc["state"]["desired"], doc["state"]["reported"]) == {}
-    assert settings_store.load_persisted(store) == {
+    assert remote_settings.load_persisted(store) == {
         "policy": {"distance_m": 50.0, "max_interval_s": 60.0}
     }
 
@@ -410,9 +410,9 @@ def test_reboot_keeps_the_last_applied_settings(cfg: Config, store: Path) -> Non
     rebooted = ShadowSync(THING, cfg, store)
     assert rebooted.config.policy.heartbeat_s == 900.0
     assert rebooted.config.aws.batch_bytes == 4096
-    assert settings_store.apply_persisted(cfg, store) == rebooted.config
+    assert remote_settings.apply_persisted(cfg, store) == rebooted.config
     loaded = config.load(
-        _toml(cfg, store.parent), environ={}, overrides=settings_store.load_persisted(store)
+        _toml(cfg, store.parent), environ={}, overrides=remote_settings.load_persisted(store)
     )
     assert loaded.policy.heartbeat_s == 900.0
 
@@ -429,7 +429,7 @@ def _toml(cfg: Config, directory: Path) -> Path:
 def test_persisted_setting_that_no_longer_fits_the_file_is_left_out(
     tmp_path: Path, store: Path
 ) -> None:
-    settings_store.save_persisted(store, {"policy": {"min_interval_s": 100, "distance_m": 42}})
+    remote_settings.save_persisted(store, {"policy": {"min_interval_s": 100, "distance_m": 42}})
     cfg = make_cfg(tmp_path, policy={"max_interval_s": 60, "min_interval_s": 5})
     sync = ShadowSync(THING, cfg, store)
     assert sync.config.policy.min_interval_s == 5.0 and sync.config.policy.distance_m == 42.0
@@ -452,7 +452,7 @@ def test_damaged_settings_file_is_ignored_not_fatal(
     cfg: Config, store: Path, content: bytes
 ) -> None:
     store.write_bytes(content)
-    loaded = settings_store.load_persisted(store)
+    loaded = remote_settings.load_persisted(store)
     assert loaded in ({}, {"policy": {"max_hdop": 2.0}})
     assert ShadowSync(THING, cfg, store).config.policy.distance_m == 100.0
 
@@ -460,7 +460,7 @@ def test_damaged_settings_file_is_ignored_not_fatal(
 def test_settings_file_write_is_atomic(
     cfg: Config, store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings_store.save_persisted(store, {"policy": {"distance_m": 50}})
+    remote_settings.save_persisted(store, {"policy": {"distance_m": 50}})
     before = store.read_bytes()
 
     def broken_fsync(fd: int) -> None:
@@ -468,7 +468,7 @@ def test_settings_file_write_is_atomic(
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
-        settings_store.save_persisted(store, {"policy": {"distance_m": 60}})
+        remote_settings.save_persisted(store, {"policy": {"distance_m": 60}})
     assert store.read_bytes() == before
     assert [p.name for p in store.parent.iterdir() if p.name.endswith(".tmp")] == []
     sync = ShadowSync(THING, cfg, store)
@@ -547,7 +547,7 @@ JSON = st.recursive(
     ),
     max_leaves=20,
 )
-KEYS = st.sampled_from([*settings_store.REMOTE, "policy.nope", "aws.endpoint", "gps.url"])
+KEYS = st.sampled_from([*remote_settings.REMOTE, "policy.nope", "aws.endpoint", "gps.url"])
 
 
 @settings(
@@ -568,7 +568,7 @@ def test_any_delta_leaves_a_valid_config(
     config.validate(sync.config)
     assert sync.config.device == cfg.device and sync.config.aws.endpoint == cfg.aws.endpoint
     for path in res.applied:
-        assert path in settings_store.REMOTE
+        assert path in remote_settings.REMOTE
 
 
 def test_a_flood_of_unknown_keys_is_one_short_log_line(

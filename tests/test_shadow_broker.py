@@ -16,7 +16,7 @@ from support.shadow_responder import ShadowResponder, delta_of, shadow_responder
 from tracker.core import config
 from tracker.core.config import AwsConfig, Config
 from tracker.core.events import Event, Inbound, LinkDown, LinkUp
-from tracker.link import settings_store
+from tracker.link import remote_settings
 from tracker.link.shadow import ShadowSync
 from tracker.link.uplink import Uplink
 
@@ -104,7 +104,7 @@ def device_factory(
         loop = DeviceLoop(
             broker.aws_config(**aws_overrides),
             cfg,
-            settings_store.default_store_path(cfg),
+            remote_settings.default_store_path(cfg),
             shadow_name=shadow_name,
         )
         made.append(loop)

@@ -467,7 +467,7 @@ def validate(cfg: Config) -> None:
 def pair_problems(p: PolicyConfig) -> list[tuple[frozenset[str], str]]:
     """The rules between two [policy] keys that the config file and a remote change both keep:
     (the "section.key" names involved, why). A remote change adds rules of its own
-    (`settings_store.silencing_problems`)."""
+    (`remote_settings.silencing_problems`)."""
     out = []
     if p.min_interval_s > p.max_interval_s:
         out.append(

@@ -32,8 +32,8 @@ from tracker.device.budget import default_path as budget_path
 from tracker.device.machine import Device, State
 from tracker.device.policy import ParkedWatch
 from tracker.link.forward import Forwarder
-from tracker.link.session import Link, Publisher
-from tracker.link.settings_store import default_store_path
+from tracker.link.remote_settings import default_store_path
+from tracker.link.session import Client, Session
 from tracker.link.shadow import ShadowSync
 from tracker.receiver.epoch import DEFAULT_DATE_FLOOR, RECORDING_DATE_FLOOR, Decoder, Epoch
 from tracker.receiver.gpstime import GpsTime
@@ -56,7 +56,7 @@ class GpsSource(Protocol):
 class Parts:
     """What the app drives; built from the config by `build_parts`, replaced by fakes in tests."""
 
-    uplink: Publisher
+    uplink: Client
     gps: GpsSource | None
     power: Any  # hw.power.GpsPower
     battery: Any  # hw.sensors battery backend
@@ -111,7 +111,9 @@ class App:
             budget_path(cfg.spool.path),
             keepalive_s=cfg.aws.keepalive_s,
         )
-        self.mqtt = Link(cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.budget)
+        self.session = Session(
+            cfg, self.thing, shadow, self.spool, self.clock, self.timers, self.budget
+        )
         self.gps_wanted_on = True
         self.gps_port_up = False
         self.last_epoch: Epoch | None = None
@@ -146,7 +148,7 @@ class App:
         self.timers.set("sensors", now, self._read_sensors)
         if self.notifier.watchdog_interval:
             self.timers.set("watchdog", now, self._watchdog)
-        self.mqtt.attach(parts.uplink)
+        self.session.attach(parts.uplink)
         if parts.gps is not None:
             parts.gps.start()
         self.device.start()
@@ -154,19 +156,19 @@ class App:
     # ---- the link's state, as the loop and tests read it -----------------------------------------
     @property
     def shadow(self) -> ShadowSync:
-        return self.mqtt.shadow
+        return self.session.shadow
 
     @property
     def forwarder(self) -> Forwarder | None:
-        return self.mqtt.forwarder
+        return self.session.forwarder
 
     @property
     def link_up(self) -> bool:
-        return self.mqtt.up
+        return self.session.up
 
     @property
     def link_closed(self) -> bool:
-        return self.mqtt.closed
+        return self.session.closed
 
     # ---- Effects (called by the machine) -------------------------------------------------------
     def gps_power(self, on: bool) -> None:
@@ -187,16 +189,16 @@ class App:
         rec = self.spool.put(fix, trigger)
         self.reports += 1
         log.debug("fix %s %s", rec.seq if rec else "dropped", trigger)
-        self.mqtt.recorded(trigger)
+        self.session.recorded(trigger)
 
     def condition(self, reason: str) -> None:
-        self.mqtt.condition(self.condition_fields(reason))
+        self.session.condition(self.condition_fields(reason))
         if self.link_up:
             self._condition_at = self.clock.monotonic()
 
     def link(self, wanted: bool) -> None:
         """Asked for exactly when the device goes to low power (False) and leaves it (True)."""
-        self.mqtt.want(wanted)
+        self.session.want(wanted)
         # the rest of the change waits for the events already queued (acknowledgements)
         self.timers.set("low_power", self.clock.monotonic(), self._low_power_changed)
 
@@ -243,13 +245,13 @@ class App:
         if isinstance(event, ev.GpsEpoch):
             self._on_epoch(event.epoch)
         elif isinstance(event, ev.PubAck):
-            self.mqtt.on_puback(event.token)
+            self.session.on_puback(event.token)
         elif isinstance(event, ev.PubFailed):
-            self.mqtt.on_failed(event.token, event.reason)
+            self.session.on_failed(event.token, event.reason)
         elif isinstance(event, ev.LinkUp):
-            self.mqtt.on_link(True, "connected")
+            self.session.on_link(True, "connected")
         elif isinstance(event, ev.LinkDown):
-            self.mqtt.on_link(False, event.reason, fatal=event.fatal)
+            self.session.on_link(False, event.reason, fatal=event.fatal)
         elif isinstance(event, ev.GpsPort):
             self.gps_port_up = event.up
             if event.up:
@@ -263,9 +265,9 @@ class App:
         elif isinstance(event, ev.SignalReceived):
             self._on_signal(event.signum)
         elif isinstance(event, ev.SubscribeRefused):
-            self.mqtt.on_subscribe_refused(event.topic, event.reason)
+            self.session.on_subscribe_refused(event.topic, event.reason)
         elif isinstance(event, ev.Inbound):
-            new = self.mqtt.on_inbound(event.topic, event.payload)
+            new = self.session.on_inbound(event.topic, event.payload)
             if new is not None:  # remote settings (the shadow has logged them)
                 self.apply_config(new)
 
@@ -322,7 +324,7 @@ class App:
         while self.running:
             self.step(max_wait=0.1 if self._stop_by is not None else None)
             if self._stop_by is not None and (
-                self.mqtt.settled() or time.monotonic() >= self._stop_by
+                self.session.settled() or time.monotonic() >= self._stop_by
             ):
                 self.running = False
         self.publish_status(force=True)
@@ -342,7 +344,7 @@ class App:
                 parts.gps.stop()
             if parts.motion is not None and hasattr(parts.motion, "close"):
                 parts.motion.close()
-        self.mqtt.shutdown()
+        self.session.shutdown()
         self.budget.save_if_due(force=True)
         self.spool.close()
         log.log(logging.DEBUG if quiet else logging.INFO, "stopped (%s)", self.stop_reason or "end")
@@ -392,12 +394,12 @@ class App:
             interval = new.policy.condition_interval_s
             if interval != old.policy.condition_interval_s and "condition" in self.timers:
                 self.timers.set("condition", self.clock.monotonic() + interval, self._condition)
-        self.mqtt.reconfigure(new)
+        self.session.reconfigure(new)
 
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop_reason = signal.Signals(signum).name
-            in_flight = self.mqtt.flush()
+            in_flight = self.session.flush()
             if self.running and self._stop_by is None and in_flight:
                 # fixes held to share a message go now; stop once what is in flight is
                 # acknowledged (2 s at most), so the spool does not send them again
@@ -431,7 +433,7 @@ class App:
             if changed:
                 log.warning("reload: changes to [%s] apply after a restart", "], [".join(changed))
             self.apply_config(new)
-            self.mqtt.replace_shadow(shadow)
+            self.session.replace_shadow(shadow)
             log.info("configuration reloaded")
         self.notifier.ready()
 
@@ -505,7 +507,10 @@ class App:
                 "held": st.held,
                 "held_seqs": list(st.held_seqs),
             },
-            "link": {"up": self.link_up, "drops": self.mqtt.drops},
-            "budget": {**self.budget.report(), "conditions_skipped": self.mqtt.skipped_conditions},
+            "link": {"up": self.link_up, "drops": self.session.drops},
+            "budget": {
+                **self.budget.report(),
+                "conditions_skipped": self.session.skipped_conditions,
+            },
             "internal_errors": self.internal_errors,
         }

@@ -15,7 +15,7 @@ from tracker.core.errors import TrackerError
 from tracker.core.scheduler import Scheduler
 from tracker.device.budget import CONNECT_COST, Budget, blocks, message_cost
 from tracker.link import codec
-from tracker.link.forward import Forwarder, publish_packet_bytes
+from tracker.link.forward import Forwarder, Publisher, publish_packet_bytes
 from tracker.link.shadow import ShadowSync
 from tracker.spool.store import Spool
 
@@ -36,16 +36,19 @@ LINK_RESTART_MIN_S = 60.0  # a link taken as dead (no PUBACK) is restarted at mo
 CLOSE, CLOSE_IDLE, REOPEN = "link_close", "link_close_idle", "link_open"
 
 
-class Publisher(Protocol):
+class Client(Publisher, Protocol):
+    """The MQTT client the session drives (`tracker.link.uplink.Uplink` in the daemon): a
+    `Publisher` that can also be started, subscribe and be stopped."""
+
     def start(self) -> None: ...
     def subscribe(self, topic: str) -> None: ...
-    def publish(self, topic: str, payload: bytes) -> int: ...
     def stop(self, timeout: float = 5.0) -> None: ...
 
 
-class Link:
-    """The loop's side of the MQTT link; every method runs on the loop, and so do the callbacks
-    it books with the loop's scheduler (`timers`)."""
+class Session:
+    """The tracker's side of its MQTT session: what goes out (forwarder, conditions, shadow) and
+    when the connection is open (low power, budget). Every method runs on the loop, and so do the
+    callbacks it books with the loop's scheduler (`timers`); the SDK lives in `Client`."""
 
     def __init__(
         self,
@@ -64,7 +67,7 @@ class Link:
         self.spool = spool
         self.clock = clock
         self.timers = timers
-        self.uplink: Publisher | None = None
+        self.uplink: Client | None = None
         self.forwarder: Forwarder | None = None
         self.up = False
         self.closed = False  # closed for low power
@@ -80,7 +83,7 @@ class Link:
         self.held_condition: bytes | None = None  # an event report waiting for the allowance
         self._restarted_at: float | None = None  # last reconnect for a missing PUBACK
 
-    def attach(self, uplink: Publisher) -> None:
+    def attach(self, uplink: Client) -> None:
         """Start sending the spool through `uplink`; subscribe to the shadow and connect."""
         self.uplink = uplink
         self.forwarder = Forwarder(

@@ -2,7 +2,7 @@
 the uplink's publish/subscribe. Pure: messages in; messages to publish and a new Config out.
 
 Must not import awsiot, awscrt or sqlite3 (only `tracker.link.uplink` talks to the SDK); the
-settings file goes through `tracker.link.settings_store`.
+settings file goes through `tracker.link.remote_settings`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tracker import __version__
 from tracker.core.config import THING_NAME_RE, Config
 from tracker.core.errors import ConfigError
 from tracker.core.limits import MAX_PAYLOAD
-from tracker.link.settings_store import (
+from tracker.link.remote_settings import (
     apply_saved,
     clip,
     evaluate,
