@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 PINS = REPO / "deploy" / "requirements.lock"
-SCRIPTS = ("wheelhouse", "image", "image-test", "test-arm64", "firstboot")
+SCRIPTS = ("wheelhouse", "image", "image-test", "test-arm64", "firstboot", "growdata")
 
 
 def pins() -> dict[str, str]:
