@@ -109,3 +109,15 @@ def test_images_wheels_and_keys_are_never_committed() -> None:
     ignored = (REPO / ".gitignore").read_text().split()
     for pattern in ("*.img", "*.whl", "*.key", "*.pem", "/build/"):
         assert pattern in ignored
+
+
+def test_the_image_kernel_has_the_pi_5_device_tree_and_the_firmware_its_section() -> None:
+    text = (REPO / "scripts" / "image").read_text()
+    assert 'KERNEL = f"linux-image-arm64/{SUITE}-backports"' in text
+    assert '"Raspberry Pi 5": "bcm2712-rpi-5-b.dtb"' in text  # the build stops without it
+    custom = (REPO / "deploy" / "image" / "raspi-firmware-custom").read_text().split("\n")
+    lines = [ln for ln in custom if ln and not ln.startswith("#")]
+    assert lines == ["[pi5]", "device_tree=bcm2712-rpi-5-b.dtb", "[all]"]
+    rules = (REPO / "deploy" / "image" / "99-gps.rules").read_text()
+    assert 'KERNEL=="ttyS1", SYMLINK+="gps0"' in rules  # Pi 3, 4, Zero 2 W header UART
+    assert 'KERNEL=="ttyAMA10", SYMLINK+="gps0"' in rules  # Pi 5 debug UART
