@@ -121,3 +121,68 @@ def test_missing_pieces_are_named(tmp_path: Path) -> None:
     (boot / "tracker.toml").write_text("[device\n")
     done = firstboot(tmp_path, boot)
     assert done.returncode == 2 and "not valid TOML" in done.stderr
+
+
+def network(tmp_path: Path, boot: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(FIRSTBOOT), "--network", "--boot", str(boot), "--data",
+         str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+WIFI = 'country=DE\r\nnetwork={\r\n  ssid="depot"\r\n  psk="correct horse"\r\n}\r\n'
+KEYS = "# the depot's laptop\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample depot\n"
+
+
+def test_wifi_and_ssh_keys_go_to_the_data_partition_0600(tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    drop(boot, "README.txt", "tracker.toml")
+    (boot / "wpa_supplicant.conf").write_text(WIFI, newline="")
+    (boot / "authorized_keys").write_text(KEYS)
+    done = network(tmp_path, boot)
+    assert done.returncode == 0, done.stderr
+    wifi = tmp_path / "data" / "network" / "wpa_supplicant.conf"
+    keys = tmp_path / "data" / "ssh" / "authorized_keys"
+    assert wifi.read_text() == WIFI.replace("\r\n", "\n")  # Windows line ends fixed
+    assert keys.read_text() == KEYS
+    for path in (wifi, keys):
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+    # gone from the card; the tracker's own files are left to the first boot
+    assert sorted(p.name for p in boot.iterdir()) == ["README.txt", "tracker.toml"]
+    # nothing new on the card: nothing changes
+    done = network(tmp_path, boot)
+    assert done.returncode == 0 and "no network files" in done.stdout
+    assert keys.read_text() == KEYS
+
+
+def test_new_network_files_replace_the_old(tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "authorized_keys").write_text(KEYS)
+    assert network(tmp_path, boot).returncode == 0
+    (boot / "authorized_keys").write_text("ecdsa-sha2-nistp256 AAAAE2Vj other\n")
+    assert network(tmp_path, boot).returncode == 0
+    keys = tmp_path / "data" / "ssh" / "authorized_keys"
+    assert keys.read_text() == "ecdsa-sha2-nistp256 AAAAE2Vj other\n"
+    assert [p.name for p in keys.parent.iterdir()] == ["authorized_keys"]  # no temporary left
+
+
+def test_a_wrong_network_file_stays_on_the_card_and_says_why(tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    header = "-----BEGIN OPENSSH " + "PRIVATE KEY-----"  # someone copied the wrong half
+    (boot / "authorized_keys").write_text(f"{header}\nb3BlbnNzaC1rZXktdjEAAAAA\n")
+    done = network(tmp_path, boot)
+    assert done.returncode == 2 and "holds a private key" in done.stderr
+    assert "private key" in (boot / "network-error.txt").read_text()
+    assert (boot / "authorized_keys").exists()
+    assert not (tmp_path / "data" / "ssh" / "authorized_keys").exists()
+    (boot / "authorized_keys").unlink()
+    (boot / "wpa_supplicant.conf").write_text('ssid="depot"\n')
+    done = network(tmp_path, boot)
+    assert done.returncode == 2 and "network={" in done.stderr
+    (boot / "wpa_supplicant.conf").write_text(WIFI)
+    assert network(tmp_path, boot).returncode == 0
+    assert not (boot / "network-error.txt").exists()  # fixed: the message goes too

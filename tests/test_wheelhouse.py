@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 PINS = REPO / "deploy" / "requirements.lock"
-SCRIPTS = ("wheelhouse", "image", "image-test", "test-arm64", "firstboot")
+SCRIPTS = ("wheelhouse", "image", "image-test", "test-arm64", "firstboot", "growdata")
 
 
 def pins() -> dict[str, str]:
@@ -109,3 +109,28 @@ def test_images_wheels_and_keys_are_never_committed() -> None:
     ignored = (REPO / ".gitignore").read_text().split()
     for pattern in ("*.img", "*.whl", "*.key", "*.pem", "/build/"):
         assert pattern in ignored
+
+
+def test_the_image_kernel_has_the_pi_5_device_tree_and_the_firmware_its_section() -> None:
+    text = (REPO / "scripts" / "image").read_text()
+    assert 'KERNEL = f"linux-image-arm64/{SUITE}-backports"' in text
+    assert '"Raspberry Pi 5": "bcm2712-rpi-5-b.dtb"' in text  # the build stops without it
+    custom = (REPO / "deploy" / "image" / "raspi-firmware-custom").read_text().split("\n")
+    lines = [ln for ln in custom if ln and not ln.startswith("#")]
+    assert lines == ["[pi5]", "device_tree=bcm2712-rpi-5-b.dtb", "[all]"]
+    rules = (REPO / "deploy" / "image" / "99-gps.rules").read_text()
+    assert 'KERNEL=="ttyS1", SYMLINK+="gps0"' in rules  # Pi 3, 4, Zero 2 W header UART
+    assert 'KERNEL=="ttyAMA10", SYMLINK+="gps0"' in rules  # Pi 5 debug UART
+
+
+def test_the_image_ssh_takes_keys_only_and_has_no_host_key_of_its_own() -> None:
+    sshd = (REPO / "deploy" / "image" / "sshd.conf").read_text()
+    settings = dict(ln.split(None, 1) for ln in sshd.splitlines() if ln and ln[0] != "#")
+    assert settings["PasswordAuthentication"] == "no"
+    assert settings["KbdInteractiveAuthentication"] == "no"
+    assert settings["AuthorizedKeysFile"].startswith("/data/")
+    assert settings["HostKey"].startswith("/data/")  # made on each board, kept on its data
+    customize = (REPO / "deploy" / "image" / "customize").read_text()
+    assert 'rm -f "$root"/etc/ssh/ssh_host_*' in customize
+    unit = (REPO / "deploy" / "image" / "ssh.service.conf").read_text()
+    assert "ConditionPathExists=/data/ssh/authorized_keys" in unit  # no keys given: no sshd

@@ -109,25 +109,35 @@ class NmeaFeed:
 
 
 class Guest:
-    """qemu-system-aarch64 -M virt -cpu cortex-a53 -m 512 running a copy of the image."""
+    """qemu-system-aarch64 -M virt -cpu cortex-a53 -m 512 running a copy of the image.
 
-    def __init__(self, image: Path, work: Path, gps_port: int, *, smp: int = 2) -> None:
-        self.image, self.work = image, work
+    `power_cut()` is the real thing: QEMU killed with SIGKILL and started again on the same
+    disk file, so the guest's page cache, the disk requests QEMU had not carried out and the
+    devices' state are lost, as when a vehicle's supply drops.
+    """
+
+    def __init__(
+        self, image: Path, work: Path, gps_port: int, *, smp: int = 2, ssh_port: int = 0
+    ) -> None:
+        self.image, self.work, self.ssh_port = image, work, ssh_port
         self.console = work / "console.log"
         self.monitor = work / "monitor.sock"
         kernel, initrd, cmdline = kernel_files(image, work)
+        # the guest's SSH port on this machine's loopback (0: none)
+        net = "user,id=net" + (f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else "")
         self.cmd = [
             "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "512",
             "-smp", str(smp), "-nodefaults", "-display", "none",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             "-drive", f"file={image},format=raw,if=none,id=disk,cache=writeback",
             "-device", "virtio-blk-pci,drive=disk",
-            "-netdev", "user,id=net", "-device", "virtio-net-pci,netdev=net,romfile=",
+            "-netdev", net, "-device", "virtio-net-pci,netdev=net,romfile=",
             "-device", "virtio-rng-pci",
             # the GPS: the first (only) PL011 UART, ttyAMA0 in the guest
             "-chardev", f"socket,id=gps,host=127.0.0.1,port={gps_port}",
             "-serial", "chardev:gps",
-            "-chardev", f"file,id=con,path={self.console}",
+            # one console log across power cuts
+            "-chardev", f"file,id=con,path={self.console},append=on",
             "-device", "virtio-serial-pci", "-device", "virtconsole,chardev=con",
             "-monitor", f"unix:{self.monitor},server=on,wait=off",
         ]  # fmt: skip
@@ -141,6 +151,13 @@ class Guest:
             self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         self.started = time.monotonic()
+
+    def power_cut(self) -> None:
+        """SIGKILL QEMU, then power the board on again from the same disk."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.start()
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
