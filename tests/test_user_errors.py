@@ -103,6 +103,26 @@ def test_check_with_a_config_that_is_no_toml_file_says_what_it_is(
     assert "Errno" not in results[0].detail and "codec" not in results[0].detail
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "not found; pass --settings FILE"),
+        (lambda p: p.mkdir(), "is a directory; pass --settings FILE"),
+        (lambda p: p.write_bytes(GARBAGE), "is not UTF-8 text (a binary file?)"),
+        (lambda p: p.write_text("[gps\n"), "is not valid TOML"),
+    ],
+)
+def test_provisioning_settings_that_are_no_toml_file_are_one_line(
+    tmp_path: Path, make: Any, message: str
+) -> None:
+    path = tmp_path / "settings.toml"
+    make(path)
+    with pytest.raises(ProvisionError) as caught:
+        provision.load_settings(path)
+    assert str(caught.value).startswith(f"settings file {path} ")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("value", ["nan", "-nan", "+nan"])
 def test_nan_is_not_a_number_in_range(tmp_path: Path, value: str) -> None:
     path = tmp_path / "tracker.toml"

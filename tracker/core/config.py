@@ -505,26 +505,39 @@ def load(
         raise ConfigError(_name_env_source(str(exc), environ)) from None
 
 
-def read_toml(file: Path) -> dict[str, Any]:
-    """A TOML config file as a dict; ConfigError (one line naming the file and the fix)."""
+def read_toml(
+    file: Path,
+    *,
+    what: str = "config file",
+    option: str = "--config",
+    missing: str = "",
+    unreadable: str = "",
+) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError is one line naming the file (`what` it is) and the fix:
+    pass another with `option`, or do `missing` first / `unreadable` (for a file this user may not
+    read). The one reader of the daemon's, the collector's, `tracker check`'s and provisioning's
+    TOML files."""
+    other = f"pass {option} FILE"
     try:
         with file.open("rb") as fh:
             doc: dict[str, Any] = tomllib.load(fh)
             return doc
     except FileNotFoundError:
-        raise ConfigError(f"config file {file} not found; pass --config FILE") from None
+        fix = f"{missing} or {other}" if missing else other
+        raise ConfigError(f"{what} {file} not found; {fix}") from None
     except PermissionError:
-        raise ConfigError(f"config file {file} is not readable by this user") from None
+        fix = f"; {unreadable}" if unreadable else ""
+        raise ConfigError(f"{what} {file} is not readable by this user{fix}") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {file} is a directory; pass --config FILE") from None
+        raise ConfigError(f"{what} {file} is a directory; {other}") from None
     except OSError as exc:
-        raise ConfigError(f"config file {file} cannot be read: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{what} {file} cannot be read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError:
         raise ConfigError(
-            f"config file {file} is not UTF-8 text (a binary file?); pass the TOML config"
+            f"{what} {file} is not UTF-8 text (a binary file?); pass the TOML file"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {file} is not valid TOML: {exc}") from None
 
 
 def _name_env_source(message: str, environ: Mapping[str, str]) -> str:

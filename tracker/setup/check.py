@@ -28,9 +28,9 @@ from tracker.setup import credentials as cred
 from tracker.setup.credentials import FAIL, OK, WARN
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+    pass  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 SERVICE_USER = "tracker"
 STATE_DIRECTORY = "/var/lib/tracker"  # systemd creates and chowns it (StateDirectory=tracker)
@@ -78,23 +78,9 @@ class Probe:
 def check_config(path: Path, environ: dict[str, str]) -> tuple[list[Result], dict[str, Any]]:
     """Each config mistake as its own FAIL line; returns the values that passed, by section."""
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        return [
-            Result(FAIL, "config", f"{path} not found; provision the board or pass --config FILE")
-        ], {}
-    except PermissionError:
-        return [Result(FAIL, "config", f"{path} is not readable by this user; run as root")], {}
-    except IsADirectoryError:
-        return [Result(FAIL, "config", f"{path} is a directory; pass --config FILE")], {}
-    except OSError as exc:
-        return [Result(FAIL, "config", f"{path} cannot be read: {exc.strerror or exc}")], {}
-    except UnicodeDecodeError:
-        detail = f"{path} is not UTF-8 text (a binary file?); pass the TOML config"
-        return [Result(FAIL, "config", detail)], {}
-    except tomllib.TOMLDecodeError as exc:
-        return [Result(FAIL, "config", f"{path} is not valid TOML: {exc}")], {}
+        doc = tconfig.read_toml(path, missing="provision the board", unreadable="run as root")
+    except ConfigError as exc:
+        return [Result(FAIL, "config", str(exc))], {}
     doc = tconfig.merge(doc, tconfig.env_overrides(environ))
     errors: list[str] = []
     good: dict[str, Any] = {}

@@ -214,16 +214,9 @@ def render_config(bundle: Bundle) -> bytes:
 def load_settings(path: Path) -> dict[str, Any]:
     """A TOML file of extra settings ([gps], [policy], ...) for the config."""
     try:
-        with path.open("rb") as fh:
-            doc: dict[str, Any] = tomllib.load(fh)
-    except IsADirectoryError:
-        raise ProvisionError(f"settings file {path} is a directory, not a file") from None
-    except OSError as exc:
-        raise ProvisionError(f"settings file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise ProvisionError(f"settings file {path} is not UTF-8 text (a binary file?)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProvisionError(f"settings file {path} is not valid TOML: {exc}") from exc
+        doc = tconfig.read_toml(path, what="settings file", option="--settings")
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from None
     for section, body in doc.items():
         if not isinstance(body, dict):
             raise ProvisionError(
