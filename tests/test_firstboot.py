@@ -172,7 +172,7 @@ def test_new_network_files_replace_the_old(tmp_path: Path) -> None:
 def test_a_wrong_network_file_stays_on_the_card_and_says_why(tmp_path: Path) -> None:
     boot = tmp_path / "boot"
     boot.mkdir()
-    header = "-----BEGIN OPENSSH " + "PRIVATE KEY-----"  # someone copied the wrong half
+    header = "-----BEGIN OPENSSH PRIVATE" + " KEY-----"  # someone copied the wrong half
     (boot / "authorized_keys").write_text(f"{header}\nb3BlbnNzaC1rZXktdjEAAAAA\n")
     done = network(tmp_path, boot)
     assert done.returncode == 2 and "holds a private key" in done.stderr
