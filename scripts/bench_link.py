@@ -545,7 +545,7 @@ class Run:
             for rec in recs:
                 sent = (rec.fix.time - DAY0).total_seconds()
                 arrived = (at - self.t_play) * self.speed
-                if sent < self.count_from:
+                if rec.seq <= self.seq_before:  # delivered before the counted day
                     continue
                 if rec.seq not in first:
                     first[rec.seq] = arrived - sent

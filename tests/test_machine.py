@@ -188,7 +188,8 @@ def test_still_leads_to_low_power_and_heartbeat_wakes() -> None:
         ("link", False),
     ]
     entered = b.t0 + 301
-    assert b.dev.deadline == entered + 3600 - HEARTBEAT_MARGIN_S
+    # the wake comes early by a margin and the time the last fix took (1 s, at boot)
+    assert b.dev.deadline == entered + 3600 - HEARTBEAT_MARGIN_S - 1
     # heartbeat: wake, one report, back to sleep without more condition messages
     n = len(b.fx.calls)
     b.park(400, 3901 + 10)
@@ -202,17 +203,32 @@ def test_still_leads_to_low_power_and_heartbeat_wakes() -> None:
     assert stats["seconds_in"]["low_power"] == pytest.approx(3600 + 9, abs=1)
 
 
+def test_the_first_heartbeat_allows_for_the_time_the_last_fix_took() -> None:
+    # no heartbeat wake yet to learn from: the boot's 40 s to a first fix stands in, so the
+    # first heartbeat report also lands before a keep-alive ping that divides heartbeat_s
+    cfg = dataclasses.replace(CFG, still_timeout_s=300, heartbeat_s=3600)
+    b = Bench(cfg)
+    b.dev.start()
+    b.until(40)
+    b.park(40, 400)
+    assert b.reports() == ["first"] and b.dev.state is State.LOW_POWER
+    entered = b.t0 + 340
+    assert b.dev.deadline == entered + 3600 - HEARTBEAT_MARGIN_S - 40
+
+
 def test_heartbeat_without_fix_goes_back_to_sleep() -> None:
     cfg = dataclasses.replace(CFG, still_timeout_s=60, heartbeat_s=1000, fix_timeout_s=30)
     b = Bench(cfg)
     b.dev.start()
     b.park(1, 100)
     assert b.dev.state is State.LOW_POWER
-    woke = 61 + 1000 - HEARTBEAT_MARGIN_S  # a heartbeat wake comes a margin early
+    # a heartbeat wake comes early by a margin and the time the last fix took (1 s, at boot)
+    lead = HEARTBEAT_MARGIN_S + 1
+    woke = 61 + 1000 - lead
     b.until(woke + 30)  # woke for the heartbeat, no fix in 30 s
     assert b.dev.state is State.LOW_POWER
     assert b.fx.of("condition")[-1] == "no_fix"
-    assert b.dev.deadline == b.t0 + woke + 30 + 1000 - HEARTBEAT_MARGIN_S
+    assert b.dev.deadline == b.t0 + woke + 30 + 1000 - lead
 
 
 def test_heartbeat_reports_come_a_little_under_heartbeat_s_apart() -> None:

@@ -265,7 +265,7 @@ def test_heartbeat_longer_than_the_spool_holds_is_refused(tmp_path: Path, store:
     sync = ShadowSync(THING, cfg, store)
     sync.on_connected()
     res = sync.on_message(
-        f"{PREFIX}/update/delta", delta({"policy": {"heartbeat_s": 7200, "distance_m": 40}}, 3)
+        f"{PREFIX}/update/delta", delta({"policy": {"heartbeat_s": 1800, "distance_m": 40}}, 3)
     )
     assert "spool" in res.rejected["policy.heartbeat_s"]
     assert res.config is not None and res.config.policy.heartbeat_s == cfg.policy.heartbeat_s
@@ -379,7 +379,7 @@ def test_first_connection_creates_the_shadow(cfg: Config, store: Path) -> None:
     cloud = Cloud(ShadowSync(THING, cfg, store))
     cloud.connect()
     doc = cloud.service.document()
-    assert doc["version"] == 1 and doc["state"]["reported"]["policy"]["heartbeat_s"] == 3600
+    assert doc["version"] == 1 and doc["state"]["reported"]["policy"]["heartbeat_s"] == 7200
     assert cloud.sync.reports_accepted == 1 and cloud.sync.reports_rejected == 0
 
 

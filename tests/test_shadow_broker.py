@@ -138,7 +138,7 @@ def test_change_while_offline_applies_after_reconnect_and_survives_reboot(
     first = device_factory().start()
     first.stop()
     shadow_responder.update_desired({"policy": {"heartbeat_s": 900}, "aws": {"batch_bytes": 2048}})
-    assert reported(shadow_responder)["policy"]["heartbeat_s"] == 3600  # nobody applied it yet
+    assert reported(shadow_responder)["policy"]["heartbeat_s"] == 7200  # nobody applied it yet
     # the board reboots while offline: a new process, the same settings file
     device = device_factory().start()
     device.run_until(lambda: reported(shadow_responder)["aws"]["batch_bytes"] == 2048)

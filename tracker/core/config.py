@@ -178,7 +178,7 @@ class PolicyConfig:
         300.0, "still this long -> low power", lo=30, hi=86400, unit="s", remote=True
     )
     heartbeat_s: float = setting(
-        3600.0, "report interval while in low power", lo=60, hi=86400, unit="s", remote=True
+        7200.0, "report interval while in low power", lo=60, hi=86400, unit="s", remote=True
     )
     fix_timeout_s: float = setting(
         120.0, "give up acquiring a fix after this", lo=10, hi=3600, unit="s", remote=True
@@ -213,9 +213,9 @@ class PolicyConfig:
         900.0, "condition message period", lo=60, hi=86400, unit="s", remote=True
     )
     low_power_condition_s: float = setting(
-        21600.0,
-        "condition message period in low power (sent on the open link, or with a heartbeat "
-        "wake once due)",
+        43200.0,
+        "condition message period in low power (once due, it goes with the next heartbeat "
+        "report, or on the open link when heartbeats are rarer)",
         lo=60,
         hi=604800,
         unit="s",

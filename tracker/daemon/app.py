@@ -128,6 +128,7 @@ class App:
         self.reports = 0  # fixes recorded into the spool
         self._status_sent = ("", 0.0)  # (text, real monotonic time) of the last STATUS
         self._condition_at: float | None = None  # monotonic time of the last condition sent
+        self._condition_owed = False  # a periodic report fell due in low power: sent on waking
         self._stop_by: float | None = None  # real monotonic time: stopping, held fixes sent
 
     # ---- wiring -------------------------------------------------------------------------------
@@ -192,9 +193,42 @@ class App:
         self.session.recorded(trigger)
 
     def condition(self, reason: str) -> None:
+        """Send a condition message. One that goes out (any reason) restarts the periodic
+        clock: the next periodic report is a whole period after it, at the period of the state
+        the device is in (so the report made on entering low power is the first of that
+        state's, not followed minutes later by a periodic one booked while awake)."""
         self.session.condition(self.condition_fields(reason))
+        self._condition_owed = False  # sent, or kept by the session for the next connection
         if self.link_up:
             self._condition_at = self.clock.monotonic()
+            self._book_condition()
+
+    def _book_condition(self) -> None:
+        """The next periodic report, a whole period of the present state from now."""
+        now = self.clock.monotonic()
+        self.timers.set("condition", now + self._condition_period(), self._condition)
+
+    def _send_owed_condition(self) -> None:
+        """Back in low power with a periodic report owed: it goes as soon as the heartbeat
+        report just sent is acknowledged (so its backlog reads 0, not the report in flight),
+        or with the next connection when the link is down."""
+        if not self._condition_owed or self.device.state is not State.LOW_POWER:
+            return
+        if self.link_up and not self.session.settled():
+            return  # this is called again with the acknowledgement
+        self.condition("periodic")
+
+    def _condition_period(self) -> float:
+        p = self.cfg.policy
+        quiet = self.device.state is State.LOW_POWER or self.device.heartbeat_wake
+        return p.low_power_condition_s if quiet else p.condition_interval_s
+
+    def _condition_rides_heartbeat(self) -> bool:
+        """In low power a periodic report that falls due waits for the next heartbeat report
+        and goes out with it (one wake-up of the link instead of two, and no keep-alive ping
+        pushed later by an odd-timed message), unless heartbeats are further apart than the
+        condition period (or heartbeats are what woke it: then it goes when due)."""
+        return self.cfg.policy.heartbeat_s <= self.cfg.policy.low_power_condition_s
 
     def link(self, wanted: bool) -> None:
         """Asked for exactly when the device goes to low power (False) and leaves it (True)."""
@@ -207,9 +241,11 @@ class App:
         if self.device.state is State.LOW_POWER:  # acknowledged rows leave the disk before sleeping
             self.spool.flush()
             self.budget.save_if_due(force=True)
-        elif "condition" not in self.timers:
-            # overdue from low power: now, unless one went out within the low power period
-            # (a heartbeat wake does not pay for a condition message every time)
+            self._send_owed_condition()
+            if "condition" not in self.timers:
+                self._book_condition()
+        elif "condition" not in self.timers and not self.device.heartbeat_wake:
+            # woken for real (moving, motion, battery): an owed report goes now
             last = self._condition_at
             due = now if last is None else last + self.cfg.policy.low_power_condition_s
             self.timers.set("condition", max(now, due), self._condition)
@@ -246,6 +282,7 @@ class App:
             self._on_epoch(event.epoch)
         elif isinstance(event, ev.PubAck):
             self.session.on_puback(event.token)
+            self._send_owed_condition()
         elif isinstance(event, ev.PubFailed):
             self.session.on_failed(event.token, event.reason)
         elif isinstance(event, ev.LinkUp):
@@ -438,17 +475,20 @@ class App:
         self.notifier.ready()
 
     def _condition(self) -> None:
-        """The periodic condition message."""
+        """The periodic condition message (its timer ran out)."""
         asleep = self.device.state is State.LOW_POWER
-        if asleep and not self.link_up:
-            # no link wake-ups just for this: it goes out, overdue, when the device wakes
+        if asleep and (not self.link_up or self._condition_rides_heartbeat()):
+            # no link wake-up just for this: it goes with the next heartbeat report, or when
+            # the device wakes
+            self._condition_owed = True
             return
-        p = self.cfg.policy
-        quiet = asleep or self.device.heartbeat_wake  # parked: the low power period
-        period = p.low_power_condition_s if quiet else p.condition_interval_s
-        self.timers.set("condition", self.clock.monotonic() + period, self._condition)
+        if self.device.heartbeat_wake and self._condition_rides_heartbeat():
+            self._condition_owed = True  # sent as the wake ends, behind its report
+            return
         self.spool.flush()
         self.condition("periodic")
+        if "condition" not in self.timers:  # the link is down: the session keeps the report
+            self._book_condition()
 
     def _read_sensors(self) -> None:
         self.timers.set("sensors", self.clock.monotonic() + SENSOR_PERIOD_S, self._read_sensors)

@@ -137,6 +137,8 @@ class Device:
         self._quiet_cycle = False  # inside a heartbeat wake: no enter/exit conditions
         self._low_power_reason: str | None = None
         self._woke_at: float | None = None  # monotonic: this heartbeat wake began
+        self._acquiring_at: float | None = None  # monotonic: the receiver was last asked for a fix
+        self._acquired_in: float | None = None  # how long the last fix took to come
         self._backoff_s = cfg.fix_backoff_s
         self._entered = clock.monotonic()
         self.counters: dict[str, int] = {}
@@ -280,10 +282,14 @@ class Device:
     def _enter_acquiring_fix(self, event: Any) -> None:
         self._gps(True)
         self._set_timer(self.cfg.fix_timeout_s)
+        self._acquiring_at = self.clock.monotonic()
         if event.event.name == "heartbeat":
             self._force = self._force or "heartbeat"
 
     def _enter_reporting(self, event: Any) -> None:
+        if self._acquiring_at is not None:
+            self._acquired_in = self.clock.monotonic() - self._acquiring_at
+            self._acquiring_at = None
         self._backoff_s = self.cfg.fix_backoff_s
         self._set_timer(self.cfg.fix_timeout_s)
 
@@ -322,8 +328,12 @@ class Device:
         wake took to report, plus a margin. Reports then come a little under heartbeat_s apart
         instead of heartbeat_s plus the time to a fix, so on a link kept open in low power the
         report goes just before a keep-alive ping that was due, not just after it (with
-        `[aws] keepalive_s` dividing heartbeat_s: 2 pings an hour instead of 3)."""
-        took = now - self._woke_at if self._woke_at is not None and reported else 0.0
+        `[aws] keepalive_s` dividing heartbeat_s: 2 pings an hour instead of 3). Before the
+        first heartbeat wake, the time the last fix took to come stands in for it."""
+        if self._woke_at is not None and reported:
+            took = now - self._woke_at
+        else:
+            took = self._acquired_in or 0.0
         return min(took + HEARTBEAT_MARGIN_S, HEARTBEAT_LEAD_MAX * self.cfg.heartbeat_s)
 
     # ---- internals -----------------------------------------------------------------------------
