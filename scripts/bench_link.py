@@ -7,7 +7,9 @@ NMEA, played through a pty into `tracker run` at `[debug] clock_speed`, which co
 Mosquitto (mutual TLS) through a loopback TCP relay. The relay counts the bytes both ways and
 reads the kernel's segment counters (TCP_INFO) of its daemon-side socket when a connection ends;
 an outage closes every relayed connection and refuses new ones. A `mosquitto_sub` on the broker
-counts AWS messages (5 KB blocks) and decodes the fixes to time their delivery.
+counts AWS messages (5 KB blocks) and decodes the fixes to time their delivery. The shadow
+service is played on the broker (`benchkit.shadow`, its documented replies), so its replies to
+the device's get, report refusals and deltas cross the counted link as they would on AWS.
 
 Real-time parts on an accelerated clock:
 - keep-alive pings: none happen in a run (it lasts about 90 real seconds, the keep-alive is
@@ -63,6 +65,7 @@ from tracker.core.config import AwsConfig  # noqa: E402
 from tracker.core.errors import CodecError  # noqa: E402
 from tracker.core.fix import Fix  # noqa: E402
 from tracker.link import codec  # noqa: E402
+from tracker.link.shadow import TOPICS as SHADOW_TOPICS  # noqa: E402
 from tracker.receiver.epoch import RECORDING_DATE_FLOOR, Decoder  # noqa: E402
 from tracker.receiver.nmea import frame  # noqa: E402
 
@@ -416,6 +419,7 @@ class Run:
         self.gps = FakeGps(work)
         self.relay: Relay | None = None
         self.subs: list[Any] = []
+        self.shadow: Any = None
         self.heard: list[tuple[float, str, bytes]] = []  # (wall time, topic, payload)
         self.proc: subprocess.Popen[bytes] | None = None
         self.t_play = 0.0  # wall time when the day's second 0 was played
@@ -424,7 +428,13 @@ class Run:
         self.seq_before = 0  # fixes recorded before the counted day
 
     def start(self) -> None:
+        from benchkit.shadow import ShadowResponder
+
         self.broker.start()
+        # the shadow service, as AWS plays it: its replies come down the device's link
+        aws = self.broker.aws_config(self.pki.cloud, session_expiry_s=0)
+        self.shadow = ShadowResponder(aws, "bench-link-shadow", THING)
+        self.shadow.start()
         self.relay = Relay(self.broker.port)
         for i, topic in enumerate(("dt/tracker/#", f"$aws/things/{THING}/shadow/#")):
             sub = timed_subscriber(self.broker, topic, f"bench-link-{i}", self.heard)
@@ -475,6 +485,8 @@ class Run:
         time.sleep(1.0)
         for sub in self.subs:
             sub.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
         if self.relay is not None:
             self.relay.close()
         self.broker.close()
@@ -516,15 +528,17 @@ class Run:
         # the first handshake runs in real time (about 300 s replayed at 1000x): fixes from
         # before the first message arrived are left out of the worst delay
         linked = min(((at - self.t_play) * self.speed for at, _, _ in self.heard), default=0.0)
-        shadow_requests = 0
         counted = self.t_play + self.count_from / self.speed  # wall time
         for at, topic, payload in list(self.heard):
             if at < counted:
                 continue
-            r.aws_messages += max(1, math.ceil(len(payload) / AWS_BLOCK))
-            kind = topic.rsplit("/", 2)[-2] if "/shadow/" in topic else topic.rsplit("/", 1)[-1]
+            kind = topic.rsplit("/", 1)[-1]
             if "/shadow/" in topic:
-                kind = "shadow " + topic.rsplit("/", 1)[-1]
+                op = topic.split("/shadow/", 1)[1]
+                if op not in ("get", "update", *SHADOW_TOPICS):
+                    continue  # a reply the device does not subscribe to: not on its link
+                kind = "shadow " + op
+            r.aws_messages += max(1, math.ceil(len(payload) / AWS_BLOCK))
             if kind == "condition":
                 with contextlib.suppress(ValueError, AttributeError):
                     kind += " " + str(json.loads(payload).get("reason"))
@@ -533,7 +547,6 @@ class Run:
             counts[1] += len(payload)
             r.timeline.append((round((at - self.t_play) * self.speed), kind, len(payload)))
             if "/shadow/" in topic:
-                shadow_requests += 1
                 continue
             if not topic.endswith("/location"):
                 continue
@@ -551,7 +564,6 @@ class Run:
                     first[rec.seq] = arrived - sent
                     if sent >= linked:
                         delays.append(arrived - sent)
-        r.aws_messages += shadow_requests  # the shadow service answers each (get/update)
         r.fixes_delivered = len(first)
         r.worst_delay_s = round(max(delays, default=0.0), 1)
         with Spool(self.work / "spool.db") as spool:

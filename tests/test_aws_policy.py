@@ -12,6 +12,7 @@ import pytest
 from support.identity_responder import evaluate
 
 from tracker.core.config import THING_NAME_RE, AwsConfig
+from tracker.link import shadow
 from tracker.setup import identity
 
 AWS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "aws"
@@ -52,8 +53,8 @@ def shadow_topics(thing: str) -> tuple[set[str], set[str]]:
     """The classic shadow topics the tracker uses: (requests, replies)."""
     base = f"$aws/things/{thing}/shadow"
     requests = {f"{base}/get", f"{base}/update"}
-    replies = {f"{base}/{op}/{r}" for op in ("get", "update") for r in ("accepted", "rejected")}
-    replies.add(f"{base}/update/delta")
+    replies = {f"{base}/{t}" for t in shadow.TOPICS}  # what the tracker subscribes to
+    assert f"{base}/update/accepted" not in replies  # every report's echo: not wanted
     named_by_sdk = {t.format(_Thing(thing)) for t in sdk_topics("iotshadow.py")}
     assert requests | replies <= named_by_sdk  # the names are the service's own
     return requests, replies

@@ -235,8 +235,8 @@ def test_budget_goes_into_conditions_and_the_shadow_and_is_set_remotely(tmp_path
 
 
 def test_reconnects_and_shadow_replies_are_charged(tmp_path: Path) -> None:
-    """A reconnect after an outage pays a handshake and the shadow sync again; the shadow's
-    replies come down the same link and count too."""
+    """A reconnect after an outage pays a handshake and the shadow sync again (the get only:
+    the settings did not change); the shadow's replies come down the same link and count too."""
     h = Harness(budget_app(tmp_path, bytes_per_day=500_000))
     h.event(LinkUp())
     h.play("qtpositioning/nmealog.txt", limit=5)
@@ -244,8 +244,8 @@ def test_reconnects_and_shadow_replies_are_charged(tmp_path: Path) -> None:
     sent = len(h.uplink.sent)
     h.event(LinkDown("outage"))
     h.event(LinkUp())
-    resync = h.uplink.sent[sent:]  # the shadow report and get of the new connection
-    assert [p.topic.rsplit("/", 1)[-1] for p in resync] == ["update", "get"]
+    resync = h.uplink.sent[sent:]  # the shadow get of the new connection
+    assert [p.topic.rsplit("/", 1)[-1] for p in resync] == ["get"]
     spent = h.app.budget.state.bytes - before
     assert spent >= CONNECT_COST + sum(len(p.payload) for p in resync)
     reply = json.dumps({"state": {"desired": {}}, "version": 3}).encode()

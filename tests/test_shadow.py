@@ -100,6 +100,12 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "remote-settings.json"
 
 
+def get_request(messages: list[tuple[str, bytes]]) -> bytes:
+    """The get among a connection's first messages."""
+    (payload,) = [p for t, p in messages if t == f"{PREFIX}/get"]
+    return payload
+
+
 def delta(state: dict[str, Any], version: int) -> bytes:
     return json.dumps({"version": version, "timestamp": 1, "state": state}).encode()
 
@@ -322,7 +328,7 @@ def test_a_delta_with_nothing_usable_does_not_move_the_version(cfg: Config, stor
 
 def test_get_reply_needs_our_token_and_a_current_version(cfg: Config, store: Path) -> None:
     sync = ShadowSync(THING, cfg, store, token_prefix="dev")
-    (_, report), (get_topic, get) = sync.on_connected()
+    (get_topic, get), (_, report) = sync.on_connected()
     token = json.loads(get)["clientToken"]
     assert get_topic == f"{PREFIX}/get" and json.loads(report)["clientToken"] != token
     body = {"state": {"desired": {"policy": {"distance_m": 60}}}, "version": 4}
@@ -339,7 +345,7 @@ def test_get_reply_needs_our_token_and_a_current_version(cfg: Config, store: Pat
 
 def test_reported_fields_copied_into_desired_are_not_refused(cfg: Config, store: Path) -> None:
     sync = ShadowSync(THING, cfg, store)
-    _, (_, get) = sync.on_connected()
+    get = get_request(sync.on_connected())
     copied = {
         "software": "0.0.1",
         "status": {"state": "idle"},
@@ -361,7 +367,7 @@ def test_get_applies_the_whole_desired_state_not_only_the_delta(cfg: Config, sto
     sync.on_connected()
     sync.on_message(f"{PREFIX}/update/delta", delta({"policy": {"distance_m": 70}}, 3))
     sync.on_disconnected()
-    _, (_, get) = sync.on_connected()
+    get = get_request(sync.on_connected())
     reply = {
         "state": {
             "desired": {"policy": {"distance_m": 100}},
@@ -380,7 +386,7 @@ def test_first_connection_creates_the_shadow(cfg: Config, store: Path) -> None:
     cloud.connect()
     doc = cloud.service.document()
     assert doc["version"] == 1 and doc["state"]["reported"]["policy"]["heartbeat_s"] == 7200
-    assert cloud.sync.reports_accepted == 1 and cloud.sync.reports_rejected == 0
+    assert cloud.sync.reports == 1 and cloud.sync.reports_rejected == 0
 
 
 def test_concurrent_update_with_old_version_loses_as_the_service_defines() -> None:
@@ -487,7 +493,7 @@ def test_report_stays_well_under_the_shadow_limit(cfg: Config, store: Path) -> N
     hostile = {"policy": {("k" * 80) + str(i): "v" * 200 for i in range(300)}}
     assert len(delta(hostile, 2)) < MAX_PAYLOAD
     sync.on_message(f"{PREFIX}/update/delta", delta(hostile, 2))
-    _, (_, get) = sync.on_connected()
+    get = get_request(sync.on_connected())
     reply = {
         "state": {"desired": hostile},
         "version": 3,
@@ -599,3 +605,85 @@ def test_an_impossible_shadow_version_cannot_make_later_deltas_stale(
     assert forged.config is None and forged.ignored
     real = sync.on_message(f"{PREFIX}/update/delta", delta({"policy": {"distance_m": 60}}, 11))
     assert real.applied == {"policy.distance_m": 60}
+
+
+# ---- what a connection costs -------------------------------------------------------------------
+
+
+def test_reports_are_not_echoed_back_to_the_device(cfg: Config, store: Path) -> None:
+    sync = ShadowSync(THING, cfg, store)
+    assert f"{PREFIX}/update/accepted" not in sync.topics()
+    assert f"{PREFIX}/update/rejected" in sync.topics()  # a refusal still comes back
+    cloud = Cloud(sync)
+    cloud.connect()
+    assert cloud.sync.reports == 1 and cloud.reported()["policy"]["distance_m"] == 100
+    # the report itself brings nothing down the link
+    assert cloud.run(sync.report_status({"state": "low_power", "backlog": 3})) == 0
+    assert cloud.reported()["status"]["backlog"] == 3
+
+
+def test_a_reconnect_or_reboot_with_the_same_settings_only_asks(cfg: Config, store: Path) -> None:
+    cloud = Cloud(ShadowSync(THING, cfg, store))
+    cloud.connect()
+    version = cloud.service.document()["version"]
+    cloud.disconnect()
+    again = cloud.sync.on_connected()
+    assert [t.rsplit("/", 1)[-1] for t, _ in again] == ["get"]
+    cloud.disconnect()
+    rebooted = Cloud(ShadowSync(THING, cfg, store), cloud.service)
+    rebooted.connect()
+    assert rebooted.sync.reports == 0 and rebooted.sync.synced
+    assert cloud.service.document()["version"] == version  # the shadow was not written
+    # a setting changed remotely is reported as a fragment; the next connection knows it
+    rebooted.operator({"policy": {"distance_m": 70}})
+    assert rebooted.reported()["policy"]["distance_m"] == 70
+    rebooted.disconnect()
+    assert [t.rsplit("/", 1)[-1] for t, _ in rebooted.sync.on_connected()] == ["get"]
+
+
+def test_a_changed_config_file_or_a_changed_shadow_is_reported_again(
+    tmp_path: Path, store: Path
+) -> None:
+    cloud = Cloud(ShadowSync(THING, make_cfg(tmp_path), store))
+    cloud.connect()
+    cloud.disconnect()
+    edited = make_cfg(tmp_path, policy={"distance_m": 250})
+    rebooted = Cloud(ShadowSync(THING, edited, store), cloud.service)
+    rebooted.connect()
+    assert rebooted.sync.reports == 1 and rebooted.reported()["policy"]["distance_m"] == 250
+    rebooted.disconnect()
+    # someone edits the reported state in the cloud while the device is away: the get's reply
+    # shows it, and the device puts it right
+    cloud.service.update({"reported": {"policy": {"distance_m": 1}}})
+    rebooted.connect()
+    assert rebooted.sync.reports == 2 and rebooted.reported()["policy"]["distance_m"] == 250
+
+
+def test_a_shadow_deleted_while_away_is_made_again(cfg: Config, store: Path) -> None:
+    cloud = Cloud(ShadowSync(THING, cfg, store))
+    cloud.connect()
+    cloud.disconnect()
+    cloud.service.handle(f"{PREFIX}/delete", b"{}")
+    rebooted = Cloud(ShadowSync(THING, cfg, store), cloud.service)
+    rebooted.connect()  # nothing reported (same settings), the get finds no shadow: 404
+    assert rebooted.sync.reports == 1 and rebooted.reported()["policy"]["distance_m"] == 100
+
+
+def test_a_damaged_digest_file_means_a_full_report(cfg: Config, store: Path) -> None:
+    cloud = Cloud(ShadowSync(THING, cfg, store))
+    cloud.connect()
+    remote_settings.reported_path(store).write_text("not a digest\n")
+    first = ShadowSync(THING, cfg, store).on_connected()
+    assert [t.rsplit("/", 1)[-1] for t, _ in first] == ["get", "update"]
+
+
+def test_a_new_device_asks_first_and_reports_once(cfg: Config, store: Path) -> None:
+    sync = ShadowSync(THING, cfg, store)
+    cloud = Cloud(sync)
+    cloud.online = True
+    first = sync.on_connected()
+    assert [t.rsplit("/", 1)[-1] for t, _ in first] == ["get", "update"]
+    # the get finds no shadow (a short 404, not the new report echoed with its metadata), and
+    # the report that followed it is not sent again
+    assert cloud.run(first) == 1 and sync.reports == 1 and sync.synced
+    assert cloud.reported()["policy"]["distance_m"] == 100

@@ -69,7 +69,7 @@ class DeviceLoop:
 
     def start(self) -> DeviceLoop:
         self.uplink.start()
-        self.run_until(lambda: self.link_up and self.sync.reports_accepted > 0)
+        self.run_until(lambda: self.link_up and self.sync.synced)
         return self
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +317,32 @@ def save_persisted(
     data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data)
+
+
+def reported_path(store_path: str | os.PathLike[str]) -> Path:
+    """Beside the settings file: the digest of the last full report made to the shadow."""
+    path = Path(store_path)
+    return path.with_name(path.name + ".reported")
+
+
+def load_reported_digest(store_path: str | os.PathLike[str]) -> str | None:
+    """The digest saved by `save_reported_digest`, or None (missing, unreadable or damaged:
+    the device then reports in full on its next connection, which is always safe)."""
+    try:
+        text = reported_path(store_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+
+def save_reported_digest(store_path: str | os.PathLike[str], digest: str) -> None:
+    """Written atomically; a failure only costs a full report on the next connection."""
+    path = reported_path(store_path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (digest + "\n").encode())
+    except OSError as exc:
+        log.warning("shadow report digest not saved to %s: %s", path, exc)
 
 
 def apply_persisted(cfg: Config, store_path: str | os.PathLike[str]) -> Config:

@@ -7,6 +7,7 @@ settings file goes through `tracker.link.remote_settings`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -29,8 +30,10 @@ from tracker.link.remote_settings import (
     clip,
     evaluate,
     in_force,
+    load_reported_digest,
     printable,
     save_persisted,
+    save_reported_digest,
 )
 
 log = logging.getLogger("tracker.link.shadow")
@@ -42,7 +45,10 @@ MAX_ERRORS = 10  # config_errors entries reported; one more line says how many w
 STATUS_KEYS = 16
 STATUS_TEXT = 64
 Message = tuple[str, bytes]
-TOPICS = ("get/accepted", "get/rejected", "update/delta", "update/accepted", "update/rejected")
+# Not update/accepted: the service sends it for every report, with the whole reported state and
+# a timestamp per key (about three times the report), and nothing in it is needed: the PUBACK
+# says the report arrived, and a refusal comes on update/rejected.
+TOPICS = ("get/accepted", "get/rejected", "update/delta", "update/rejected")
 REPORT_ONLY = frozenset({"software", "status", "config_errors"})  # copied into desired: not asks
 
 
@@ -170,6 +176,13 @@ def _differs(target: Mapping[str, Any], reported: Any) -> bool:
     return False
 
 
+def _digest(report: Mapping[str, Any]) -> str:
+    """SHA-256 of a report's settings part (all but the status summary), key order aside."""
+    settings = {k: v for k, v in report.items() if k != "status"}
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for path, value in flat.items():
@@ -209,7 +222,11 @@ class ShadowSync:
         self._status_sent: dict[str, Any] | None = None
         self._nonce = token_prefix or secrets.token_hex(4)
         self._count = itertools.count(1)
-        self.reports_accepted = 0
+        self.reports = 0  # reports published
+        # digest of the settings part of the last report (persisted): a connection whose
+        # settings are what the shadow was last told makes no report, only the get
+        self._reported_digest = load_reported_digest(self.store_path)
+        self._reported_after_get = False  # this connection's get was followed by a full report
         self.reports_rejected = 0
         self.save_failures = 0
 
@@ -219,10 +236,24 @@ class ShadowSync:
         return [f"{self.prefix}/{t}" for t in TOPICS]
 
     def on_connected(self) -> list[Message]:
-        """On LinkUp: report the settings in force, then ask for the whole shadow."""
+        """On LinkUp: ask for the whole shadow, then report the settings in force unless they
+        are what the shadow was last told (before a reconnect or a reboot). The get goes first,
+        so that its reply is the small "no shadow" one for a new device rather than the whole
+        new report echoed with its metadata. Without a report, the reply puts right a reported
+        state that differs (deleted or edited in the cloud, a report lost)."""
         self._online = True
         self._version = None  # a shadow deleted and recreated restarts its versions
-        return [self._report(self._full_reported()), *self.request_shadow()]
+        out = self.request_shadow()
+        target = self._full_reported()
+        self._reported_after_get = _digest(target) != self._reported_digest
+        if self._reported_after_get:
+            out.append(self._report(target))
+        return out
+
+    @property
+    def synced(self) -> bool:
+        """Online, and this connection's get has been answered (its reply applied)."""
+        return self._online and self._get_token is None
 
     def on_disconnected(self) -> None:
         """On LinkDown: replies to requests made so far will not come."""
@@ -284,16 +315,15 @@ class ShadowSync:
             if self._get_token is None or token != self._get_token:
                 return self._ignore(kind, "reply to another request")
             self._get_token = None
-            if raw_code == 404:  # no shadow yet: our report creates it
+            if raw_code == 404:  # no shadow yet: our report creates it (or already has)
+                if self._reported_after_get:
+                    return ShadowResult()
                 return ShadowResult(publish=[self._report(self._full_reported())])
             log.warning("shadow get rejected: %s %s", code, message)
             return ShadowResult(ignored=f"get rejected: {code} {message}")
         if not isinstance(token, str) or token not in self._update_tokens:
             return self._ignore(kind, "reply to another client's update")
         self._update_tokens.remove(token)
-        if kind == "update/accepted":
-            self.reports_accepted += 1
-            return ShadowResult()
         self.reports_rejected += 1
         log.warning("shadow report rejected: %s %s", code, message)
         return ShadowResult(ignored=f"report rejected: {code} {message}")
@@ -338,7 +368,10 @@ class ShadowSync:
         publish: list[Message] = []
         if reported is not None:
             target = self._full_reported()
-            if _differs(target, reported):
+            # the status summary is left out of the comparison: it is reported when it changes
+            settings = {k: v for k, v in target.items() if k != "status"}
+            # a report sent right after the get already puts right what the reply shows
+            if not self._reported_after_get and _differs(settings, reported):
                 publish.append(self._report(target))
         else:
             # every key taken as asked, changed or not: a stale reported value is put right too
@@ -385,6 +418,14 @@ class ShadowSync:
             payload = self._dump({"state": {"reported": reported}, "clientToken": token})
         if "status" in reported:
             self._status_sent = reported["status"]
+        if set(reported) - {"status"}:
+            # the shadow's settings part is now what is in force (a full report, or the keys
+            # that changed): remembered, so that the next connection need not repeat it
+            digest = _digest(self._full_reported())
+            if digest != self._reported_digest:
+                self._reported_digest = digest
+                save_reported_digest(self.store_path, digest)
+        self.reports += 1
         self._update_tokens.append(token)
         return (f"{self.prefix}/update", payload)
 
