@@ -79,6 +79,7 @@ TLS_RECORD = 22  # TLS 1.3 AES-GCM: 5 header + 1 content type + 16 tag
 PING_BYTES = 2 * (2 + TLS_RECORD + TCPIP_HEADER) + TCPIP_HEADER  # PINGREQ, PINGRESP, bare ACK
 HANDSHAKE_SEGMENTS = 3  # SYN, SYN-ACK, ACK (not on the accepted socket's counters)
 AWS_BLOCK = 5 * 1024
+CHUNKS_KEPT = 40  # reads of each connection kept for the JSON output (first_chunks)
 DRAIN_S = 600  # replayed seconds after the day for held fixes and the drain; counted in the day
 PARKED_STEP_S = 5  # a receiver left on while parked sends a fix this often
 DRIVE_STEP_S = 2  # the recording's rate
@@ -202,6 +203,7 @@ class Conn:
     handshake: int = 0  # payload bytes both ways before the first 20 ms of quiet
     quiet: bool = False
     before: tuple[int, int] = (0, 0)  # (payload bytes, segments) before the counted day
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (real time, +up / -down)
 
 
 def _tcp_segments(sock: socket.socket) -> int:
@@ -265,6 +267,8 @@ class Relay:
                     conn.quiet = True
                 if not conn.quiet:
                     conn.handshake += len(data) + TCPIP_HEADER * math.ceil(len(data) / CELL_MSS)
+                if len(conn.chunks) < CHUNKS_KEPT:
+                    conn.chunks.append((now, len(data) if upward else -len(data)))
                 if upward:
                     conn.up += len(data)
                     conn.sends.append(time.monotonic())
@@ -353,6 +357,9 @@ class Result:
     first_connect_bytes: int = 0  # IP bytes of the first connection's first 0.2 s (handshake)
     by_kind: dict[str, list[int]] = field(default_factory=dict)  # kind -> [messages, payload]
     timeline: list[tuple[int, str, int]] = field(default_factory=list)  # (t, kind, payload)
+    # the first connection's first reads, as (replayed s since it opened, bytes: + up, - down):
+    # the handshake, session tickets, CONNECT/CONNACK, SUBSCRIBE/SUBACK, the first messages
+    first_chunks: list[tuple[int, int]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -512,6 +519,7 @@ class Run:
         for i, c in enumerate(self.relay.conns):
             if i == 0:
                 r.first_connect_bytes = c.handshake
+                r.first_chunks = [(round((t - c.opened) * self.speed), n) for t, n in c.chunks]
             end = c.closed or time.monotonic()
             if end <= start:
                 continue  # over before the counted day
