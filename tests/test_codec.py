@@ -16,6 +16,8 @@ from tracker.core.errors import CodecError
 from tracker.core.fix import Fix, Record
 from tracker.core.limits import MAX_PAYLOAD
 from tracker.link.codec import (
+    KNOWN_TRIGGERS,
+    V2_DICT,
     decode,
     encode_batch,
     encode_condition,
@@ -249,7 +251,7 @@ def test_decode_never_raises_anything_but_codec_error(payload: bytes) -> None:
 @given(records, st.integers(64, 20_000))
 def test_v2_round_trip_is_exact_and_fits_max_bytes(recs: list[Record], max_bytes: int) -> None:
     payload, n = encode_batch(recs, max_bytes, version=2)
-    assert payload[:1] == b"\x02"
+    assert payload[:1] in (b"\x02", b"\x03")  # deflated, or binary when that is smaller
     assert 1 <= n <= len(recs)
     assert n == 1 or len(payload) <= max_bytes
     expected = [Record(r.seq, quantize(r.fix), r.trigger) for r in recs[:n]]
@@ -339,3 +341,75 @@ def test_v2_checks_what_it_inflates(body: bytes) -> None:
 def test_v2_decode_never_raises_anything_but_codec_error(tail: bytes) -> None:
     with contextlib.suppress(CodecError):
         decode(b"\x02" + tail)
+
+
+# --- batch version 3 (binary rows, for a few fixes) ----------------------------------------------
+
+
+def test_a_lone_heartbeat_goes_as_binary_at_half_the_deflated_size() -> None:
+    (rec,) = _drive(1, trigger="heartbeat")
+    payload, n = encode_batch([rec], 5120, version=2)
+    assert n == 1 and payload[:1] == b"\x03" and len(payload) <= 40
+    deflated = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, V2_DICT)
+    body = encode_batch([rec], 5120, version=1)[0].replace(b'{"v":1,', b"{")
+    assert len(payload) * 2 <= 1 + len(deflated.compress(body) + deflated.flush())
+    assert decode(payload) == [Record(rec.seq, quantize(rec.fix), "heartbeat")]
+
+
+def test_a_full_batch_stays_deflated() -> None:
+    payload, n = encode_batch(_drive(2000), 5120, version=2)
+    assert payload[:1] == b"\x02" and n > 300
+
+
+@settings(max_examples=200, deadline=None)
+@given(records)
+def test_v3_round_trip_is_exact_with_unknown_and_unicode_triggers(recs: list[Record]) -> None:
+    recs = [
+        Record(r.seq, r.fix, t)
+        for r, t in zip(recs, ["geofence-exit", "ü", "", "stop"] * 10, strict=False)
+    ]
+    payload, n = encode_batch(recs[:3], MAX_PAYLOAD, version=2)
+    v3 = _encode_v3_for_test(recs[:n])
+    expected = [Record(r.seq, quantize(r.fix), r.trigger) for r in recs[:n]]
+    assert decode(v3) == expected and decode(payload) == expected
+
+
+def _encode_v3_for_test(recs: list[Record]) -> bytes:
+    """The binary form of a batch, whichever form encode_batch picked."""
+    doc = json.loads(encode_batch(recs, MAX_PAYLOAD, version=1)[0])
+    out = bytearray(b"\x03")
+    out.append(len(doc["tt"]))
+    for t in doc["tt"]:
+        raw = t.encode()
+        out.append(len(KNOWN_TRIGGERS) + len(raw))
+        out += raw
+    for row in doc["d"]:
+        out.append(len(row))
+        for v in row:
+            z = 0 if v is None else (v << 1 if v >= 0 else (-v << 1) - 1) + 1
+            while z > 0x7F:
+                out.append((z & 0x7F) | 0x80)
+                z >>= 7
+            out.append(z)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"\x03", "truncated in the trigger table"),
+        (b"\x03\x00", "not a non-empty list of rows"),
+        (b"\x03\x01", "truncated in the trigger table"),
+        (b"\x03\x01\x0c\x61", "truncated in the trigger table"),
+        (b"\x03\x01\x09\xff", "not UTF-8"),
+        (b"\x03\x01\x06\x0c" + b"\x01" * 12, "more than 11"),
+        (b"\x03\x01\x06\x02\x01", "truncated in row 0"),
+        (b"\x03\x01\x06\x01\x00", "not an integer"),  # a time that is null
+        (b"\x03\x01\x06\x01" + b"\xff" * 11, "too long"),
+        (b"\x03\x00\x09\x01\x01\x01\x01\x01\x01\x01\x01\x03", "not in tt"),
+    ],
+)
+def test_v3_garbage_is_one_line_naming_the_fault(payload: bytes, says: str) -> None:
+    with pytest.raises(CodecError) as info:
+        decode(payload)
+    assert says in str(info.value) and "\n" not in str(info.value)

@@ -108,8 +108,9 @@ class AwsConfig:
     )
     compress: bool = setting(
         True,
-        "send fixes as batch version 2 (deflated); false: v1 JSON batches and one plain JSON "
-        "object per live fix, for rules that read fields",
+        "send fixes as compact batches: version 2 (deflated), or version 3 (binary) where "
+        "smaller; false: v1 JSON batches and one plain JSON object per live fix, for rules that "
+        "read fields",
     )
 
     def topic(self, thing_name: str, kind: str) -> str:

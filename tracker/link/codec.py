@@ -26,6 +26,14 @@ V2_DICT = (
     b'],[2000,],[1000,],[5000,0,0,0,0,0,0,0,0,0,0],[0,0,0,0,0,0,{"d":[['
 )
 V2_MAX_INFLATED = 4 * 1024 * 1024  # a v2 payload inflates to this much at most (either side)
+# Batch version 3: one byte 0x03, then the v1 document's trigger table and rows in binary, for
+# messages of a few fixes, where deflate has too little to work on (a heartbeat: 31 bytes
+# instead of 62). The table: a varint count, then per trigger a varint k: KNOWN_TRIGGERS[k], or
+# for k >= len(KNOWN_TRIGGERS) the next k - len(KNOWN_TRIGGERS) bytes (UTF-8). Each row: a
+# varint count of its values, then per value a varint: 0 for null, else zigzag(value) + 1.
+# The encoder sends whichever of v2 and v3 is smaller.
+V3_MAGIC = b"\x03"
+KNOWN_TRIGGERS = ("first", "start", "stop", "distance", "heading", "interval", "heartbeat", "wake")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_SEQ = 2**53  # inclusive: seqs stay exact in every JSON reader (JavaScript's safe integers)
 MS = timedelta(milliseconds=1)
@@ -81,8 +89,10 @@ def encode_batch(
 ) -> tuple[bytes, int]:
     """Pack the first n >= 1 records that fit in max_bytes; returns (payload, n).
 
-    `max_bytes` bounds the payload as sent (for version 2, the compressed size). A single record
-    larger than max_bytes still goes alone, so the caller always progresses. Raises CodecError
+    `max_bytes` bounds the payload as sent. `version=2` asks for a compact payload: version 2
+    (deflated) or version 3 (binary), whichever carries more records, or of two that carry as
+    many the smaller. A single record larger than max_bytes still goes alone, so the caller
+    always progresses. Raises CodecError
     naming the seq of the first record no receiver could have produced (a fix outside
     `tracker.core.fix.FIELD_LIMITS`), so the caller can set that one aside.
     """
@@ -155,10 +165,12 @@ def _sparse(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode(payload: bytes) -> list[Record]:
-    """A live or batch payload (v1 or v2) -> its records; CodecError (one line) on anything
+    """A live or batch payload (v1, v2 or v3) -> its records; CodecError (one line) on anything
     malformed."""
     if payload[:1] == V2_MAGIC:
         return _decode_v2(payload)
+    if payload[:1] == V3_MAGIC:
+        return _decode_v3(payload)
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -216,11 +228,41 @@ def _values(rec: Record, triggers: list[str]) -> list[int | None]:
 
 
 def _row(vals: list[int | None], state: list[int]) -> bytes:
+    return _dumps(_row_values(vals, state))
+
+
+def _row_values(vals: list[int | None], state: list[int]) -> list[int | None]:
+    """A v1 row: each value's change from the last known one, the seq's step minus one, the
+    trailing zeros cut."""
     row = [None if v is None else v - s for v, s in zip(vals, state, strict=True)]
     row[_SEQ] = int(row[_SEQ] or 0) - 1
     while row and row[-1] == 0:
         row.pop()
-    return _dumps(row)
+    return row
+
+
+def _varint(n: int, out: bytearray) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _encode_v3(rows: Sequence[list[int | None]], triggers: Sequence[str]) -> bytes:
+    out = bytearray(V3_MAGIC)
+    _varint(len(triggers), out)
+    for t in triggers:
+        if t in KNOWN_TRIGGERS:
+            _varint(KNOWN_TRIGGERS.index(t), out)
+        else:
+            raw = t.encode()
+            _varint(len(KNOWN_TRIGGERS) + len(raw), out)
+            out += raw
+    for row in rows:
+        _varint(len(row), out)
+        for v in row:
+            _varint(0 if v is None else (v << 1 if v >= 0 else (-v << 1) - 1) + 1, out)
+    return bytes(out)
 
 
 def _advance(state: list[int], vals: list[int | None]) -> None:
@@ -233,6 +275,7 @@ def _encode_v2(records: Sequence[Record], max_bytes: int) -> tuple[bytes, int]:
     """Version 2: the v1 rows deflated; the most records whose compressed payload fits."""
     triggers: list[str] = []
     rows: list[bytes] = []
+    values: list[list[int | None]] = []
     n_triggers: list[int] = []  # size of the trigger table after each row
     state = [0] * NCOL
     state[_SEQ] = -1
@@ -242,13 +285,31 @@ def _encode_v2(records: Sequence[Record], max_bytes: int) -> tuple[bytes, int]:
         if rec.trigger not in triggers:
             triggers.append(rec.trigger)
         vals = _values(rec, triggers)
-        row = _row(vals, state)
+        row_values = _row_values(vals, state)
+        row = _dumps(row_values)
         raw += len(row) + 1
         if rows and raw + len(_dumps(triggers)) + 16 > V2_MAX_INFLATED:
             break
         rows.append(row)
+        values.append(row_values)
         n_triggers.append(len(triggers))
         _advance(state, vals)
+
+    # v3 takes the most records when its size fits first (a few fixes, or a small max_bytes)
+    n3, size3 = 0, 0
+    for k, row_values in enumerate(values, 1):
+        table = _encode_v3([], triggers[: n_triggers[k - 1]])
+        size3 += len(_encode_v3([row_values], [])) - 2  # the row alone, without the header
+        if len(table) + size3 > max_bytes:
+            break
+        n3 = k
+
+    def smallest(n: int, v2: bytes) -> tuple[bytes, int]:
+        """The most records either version fits; of two that fit as many, the smaller."""
+        if n3 > n:
+            return _encode_v3(values[:n3], triggers[: n_triggers[n3 - 1]]), n3
+        v3 = _encode_v3(values[:n], triggers[: n_triggers[n - 1]])
+        return (v3 if len(v3) < len(v2) else v2), n
 
     def packed(n: int) -> bytes:
         body = b'{"d":[' + b",".join(rows[:n]) + b'],"tt":' + _dumps(triggers[: n_triggers[n - 1]])
@@ -258,7 +319,7 @@ def _encode_v2(records: Sequence[Record], max_bytes: int) -> tuple[bytes, int]:
     n = len(rows)
     payload = packed(n)
     if len(payload) <= max_bytes or n == 1:
-        return payload, n
+        return smallest(n, payload)
     # the compressed size grows with n (nearly in proportion): search from the estimate
     lo, hi = 1, n - 1  # lo fits (or is the single record that goes alone); hi+1 does not
     best = packed(1)
@@ -274,7 +335,7 @@ def _encode_v2(records: Sequence[Record], max_bytes: int) -> tuple[bytes, int]:
                 guess = min(hi, mid + max(1, (hi - mid) // 8))
         else:
             hi = mid - 1
-    return best, max(1, lo - 1)
+    return smallest(max(1, lo - 1), best)
 
 
 def _decode_v2(payload: bytes) -> list[Record]:
@@ -302,6 +363,53 @@ def _decode_v2(payload: bytes) -> list[Record]:
     if not isinstance(doc, dict) or "v" in doc:
         raise CodecError("batch version 2 does not hold a batch document")
     return _decode_batch({**doc, "v": BATCH_VERSION})
+
+
+def _decode_v3(payload: bytes) -> list[Record]:
+    if len(payload) > MAX_PAYLOAD:
+        raise CodecError(f"batch of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    pos = 1
+
+    def varint(what: str) -> int:
+        nonlocal pos
+        n = shift = 0
+        while True:
+            if pos >= len(payload):
+                raise CodecError(f"batch version 3 is truncated in {what}")
+            b = payload[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return n
+            shift += 7
+            if shift > 63:
+                raise CodecError(f"batch version 3: a number in {what} is too long")
+
+    triggers: list[str] = []
+    for _ in range(varint("the trigger table")):
+        k = varint("the trigger table")
+        if k < len(KNOWN_TRIGGERS):
+            triggers.append(KNOWN_TRIGGERS[k])
+            continue
+        end = pos + k - len(KNOWN_TRIGGERS)
+        if end > len(payload):
+            raise CodecError("batch version 3 is truncated in the trigger table")
+        try:
+            triggers.append(payload[pos:end].decode())
+        except UnicodeDecodeError as exc:
+            raise CodecError("batch version 3: a trigger is not UTF-8") from exc
+        pos = end
+    rows: list[list[int | None]] = []
+    while pos < len(payload):
+        count = varint(f"row {len(rows)}")
+        if count > NCOL:
+            raise CodecError(f"batch row {len(rows)} has {count} values, more than {NCOL}")
+        row: list[int | None] = []
+        for _ in range(count):
+            z = varint(f"row {len(rows)}")
+            row.append(None if z == 0 else ((z - 1) >> 1) ^ -((z - 1) & 1))
+        rows.append(row)
+    return _decode_batch({"v": BATCH_VERSION, "d": rows, "tt": triggers})
 
 
 # --- decoding helpers ---------------------------------------------------------------------------
