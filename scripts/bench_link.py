@@ -360,6 +360,7 @@ class Result:
     # the first connection's first reads, as (replayed s since it opened, bytes: + up, - down):
     # the handshake, session tickets, CONNECT/CONNACK, SUBSCRIBE/SUBACK, the first messages
     first_chunks: list[tuple[int, int]] = field(default_factory=list)
+    samples: dict[str, str] = field(default_factory=dict)  # the first condition of each reason
 
     def row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -550,6 +551,7 @@ class Run:
             if kind == "condition":
                 with contextlib.suppress(ValueError, AttributeError):
                     kind += " " + str(json.loads(payload).get("reason"))
+                    r.samples.setdefault(kind, payload.decode())
             counts = r.by_kind.setdefault(kind, [0, 0])
             counts[0] += 1
             counts[1] += len(payload)

@@ -16,6 +16,7 @@ from tracker.core.config import PolicyConfig
 from tracker.core.fix import Fix
 from tracker.core.scheduler import Scheduler
 from tracker.device.machine import (
+    HEARTBEAT_LEAD_MAX,
     HEARTBEAT_MARGIN_S,
     TRANSITIONS,
     Device,
@@ -222,8 +223,9 @@ def test_heartbeat_without_fix_goes_back_to_sleep() -> None:
     b.dev.start()
     b.park(1, 100)
     assert b.dev.state is State.LOW_POWER
-    # a heartbeat wake comes early by a margin and the time the last fix took (1 s, at boot)
-    lead = HEARTBEAT_MARGIN_S + 1
+    # a heartbeat wake comes early by a margin and the time the last fix took (1 s, at boot),
+    # by a share of heartbeat_s at most
+    lead = min(HEARTBEAT_MARGIN_S + 1, HEARTBEAT_LEAD_MAX * 1000)
     woke = 61 + 1000 - lead
     b.until(woke + 30)  # woke for the heartbeat, no fix in 30 s
     assert b.dev.state is State.LOW_POWER

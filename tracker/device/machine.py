@@ -36,7 +36,8 @@ IDLE, ACQUIRING_FIX, REPORTING, LOW_POWER = (
     State.LOW_POWER,
 )
 _ASLEEP = [IDLE, LOW_POWER]
-HEARTBEAT_MARGIN_S = 15.0  # heartbeat reports come this much under heartbeat_s apart
+HEARTBEAT_MARGIN_S = 60.0  # heartbeat reports come this much under heartbeat_s apart: a wake
+# may take up to a minute longer to a fix than the last one and still beat the keep-alive ping
 HEARTBEAT_LEAD_MAX = 0.05  # share of heartbeat_s a wake may come early, at most
 
 # The transition table. A trigger with no row for the current state is ignored.
