@@ -189,8 +189,34 @@ def test_the_kernel_reaches_boot_with_bookworms_run_parts(tmp_path: Path) -> Non
     hook_run("abort-upgrade")
     assert not list((tmp_path / "boot").iterdir())
     hook_run("configure")
-    assert (tmp_path / "boot" / f"vmlinuz-{version}").read_bytes() == b"kernel"
+    kernel = tmp_path / "boot" / f"vmlinuz-{version}"
+    assert kernel.read_bytes() == b"kernel"
+    assert kernel.stat().st_ino == (modules / "vmlinuz").stat().st_ino  # a link, not 50 MB more
     assert (tmp_path / "boot" / f"config-{version}").read_text() == "CONFIG_X=y\n"
+
+
+def test_the_root_keeps_only_the_raspberry_pi_device_trees() -> None:
+    text = (REPO / "scripts" / "image").read_text()
+    opts = re.findall(r'"--dpkgopt=path-(exclude|include)=(/usr/lib/modules/[^"]*)"', text)
+    assert opts == [  # in this order: dpkg's last matching option wins
+        ("exclude", "/usr/lib/modules/*/dtb/*"),
+        ("include", "/usr/lib/modules/*/dtb/broadcom"),
+        ("include", "/usr/lib/modules/*/dtb/broadcom/*"),
+    ]
+
+    def kept(path: str) -> bool:
+        keep = True
+        for kind, pattern in opts:
+            if fnmatch.fnmatchcase(path, pattern):  # dpkg's * also matches "/"
+                keep = kind == "include"
+        return keep
+
+    base = "/usr/lib/modules/7.3.4+deb13-arm64"
+    assert kept(f"{base}/dtb/broadcom/bcm2712-rpi-5-b.dtb")
+    assert kept(f"{base}/dtb/broadcom/bcm2837-rpi-zero-2-w.dtb")
+    assert not kept(f"{base}/dtb/rockchip/rk3588-rock-5b.dtb")
+    assert kept(f"{base}/kernel/drivers/net/ethernet/cadence/macb.ko.xz")  # the Pi 5's Ethernet
+    assert kept(f"{base}/vmlinuz") and kept(f"{base}/modules.order")
 
 
 def test_the_pi_5_firmware_loads_its_tree_on_both_steppings() -> None:
