@@ -46,7 +46,10 @@ BOARD_DTBS = (
     "bcm2711-rpi-4-b.dtb",
     "bcm2711-rpi-400.dtb",
     "bcm2712-rpi-5-b.dtb",
+    "bcm2712-d-rpi-5-b.dtb",
 )
+PI5_D0_OVERLAY = "overlays/bcm2712d0.dtbo"  # the Pi 5 firmware applies it on the D0 stepping
+PI5_NVRAM = "brcmfmac43455-sdio.raspberrypi,5-model-b.txt"  # the Pi 5 Wi-Fi's, not in bookworm
 # what the Pi 3 and 4 firmware needs besides config.txt (the Pi 5 has its own in EEPROM)
 FIRMWARE = ("bootcode.bin", "start.elf", "fixup.dat", "start4.elf", "fixup4.dat")
 
@@ -126,13 +129,29 @@ def test_the_boot_partition_boots_every_board(tmp_path: Path) -> None:
     initrd = next(ln.split()[1] for ln in lines if ln.startswith("initramfs "))
     assert {kernel, initrd} <= names  # every board loads these, the Pi 5 included
     assert {"enable_uart=1", "upstream_kernel=1", "arm_64bit=1"} <= set(lines)
-    # the Pi 5's section names its device tree, and what follows it applies to all boards again
-    pi5 = lines.index("[pi5]")
-    assert "device_tree=bcm2712-rpi-5-b.dtb" in lines[pi5:]
-    assert lines.index("[all]") > pi5 and lines.index("[all]") > lines.index("kernel=" + kernel)
+    # no device_tree= and no board section: every board, each Pi 5 stepping too, loads the tree
+    # the firmware picks by itself (the Pi 5: bcm2712-rpi-5-b.dtb, on D0 with the overlay)
+    assert not [ln for ln in lines if ln.startswith(("device_tree", "["))], lines
+    overlay = fat_get(image, PI5_D0_OVERLAY, tmp_path / "bcm2712d0.dtbo")
+    assert overlay.read_bytes()[:4] == b"\xd0\x0d\xfe\xed"  # a flattened device tree
+    d0 = "overlay checked"
+    if shutil.which("dtc") and shutil.which("fdtoverlay"):  # the C0 tree + overlay = the D0 tree
+
+        def dts(dtb: Path) -> str:
+            cmd = ["dtc", "-q", "-s", "-I", "dtb", "-O", "dts", str(dtb)]
+            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+        c0 = fat_get(image, "bcm2712-rpi-5-b.dtb", tmp_path / "c0.dtb")
+        merged = tmp_path / "merged.dtb"
+        cmd = ["fdtoverlay", "-i", str(c0), "-o", str(merged), str(overlay)]
+        subprocess.run(cmd, check=True)
+        assert dts(merged) == dts(fat_get(image, "bcm2712-d-rpi-5-b.dtb", tmp_path / "d0.dtb"))
+        d0 = "C0 tree + D0 overlay = D0 tree"
     cmdline = fat_get(image, "cmdline.txt", tmp_path / "cmdline.txt").read_text()
     assert " ro " in f" {cmdline} " and not re.search(r"console=(ttyS|ttyAMA|serial)", cmdline)
-    print(f"\nimage-test: boot partition: {len(names)} files, {kernel}, all board device trees")
+    print(
+        f"\nimage-test: boot partition: {len(names)} files, {kernel}, all board device trees, {d0}"
+    )
 
 
 @pytest.mark.timeout(8 * BOOT_TIMEOUT)
@@ -256,19 +275,21 @@ def test_image_boots_grows_provisions_reports_and_survives_power_cuts(tmp_path: 
                 ["ssh", "-i", str(key), "-p", str(guest.ssh_port), "-o", "BatchMode=yes",
                  "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                  "-o", "ConnectTimeout=60", "root@127.0.0.1",
+                 "uname -r; readlink /usr/lib/firmware/brcm/" + PI5_NVRAM + "; "
                  "findmnt -no OPTIONS /; df -B1M --output=size,avail /data | tail -1; "
                  "stat -c '%a %U %n' /etc/tracker/device.pem.key /data/ssh/authorized_keys"],
                 capture_output=True, text=True, timeout=180,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
-            opts, df, *modes = done.stdout.splitlines()
+            release, nvram, opts, df, *modes = done.stdout.splitlines()
+            assert nvram == "brcmfmac43455-sdio.raspberrypi,4-model-b.txt", nvram  # Pi 5 Wi-Fi
             assert "ro" in opts.split(","), opts
             assert modes == [
                 "600 tracker /etc/tracker/device.pem.key",
                 "600 root /data/ssh/authorized_keys",
             ], modes
             size, avail = df.split()
-            inside = f"; in the guest /data is {size} MiB with {avail} MiB free"
+            inside = f"; in the guest (Linux {release}) /data is {size} MiB with {avail} MiB free"
 
         guest.command("quit")
         guest.proc.wait(timeout=30)  # type: ignore[union-attr]
