@@ -214,7 +214,7 @@ class PolicyConfig:
         900.0, "condition message period", lo=60, hi=86400, unit="s", remote=True
     )
     low_power_condition_s: float = setting(
-        43200.0,
+        86400.0,
         "condition message period in low power (once due, it goes with the next heartbeat "
         "report, or on the open link when heartbeats are rarer)",
         lo=60,
