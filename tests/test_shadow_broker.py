@@ -15,7 +15,7 @@ from support.shadow_responder import ShadowResponder, delta_of, shadow_responder
 
 from tracker.core import config
 from tracker.core.config import AwsConfig, Config
-from tracker.core.events import Event, Inbound, LinkDown, LinkUp
+from tracker.core.events import Event, Inbound, LinkDown, LinkUp, PubAck, PubFailed
 from tracker.link import remote_settings
 from tracker.link.shadow import ShadowSync
 from tracker.link.uplink import Uplink
@@ -34,6 +34,7 @@ class DeviceLoop:
         self.config = self.sync.config
         self.applied: list[Config] = []
         self.link_up = False
+        self.unacked: set[int] = set()  # publish tokens the broker has not acknowledged yet
         self.uplink = Uplink(aws, cfg.device.thing_name, self.events.put, reconnect_max_s=1.0)
         for topic in self.sync.topics():
             self.uplink.subscribe(topic)
@@ -45,6 +46,8 @@ class DeviceLoop:
         elif isinstance(event, LinkDown):
             self.link_up = False
             self.sync.on_disconnected()
+        elif isinstance(event, (PubAck, PubFailed)):
+            self.unacked.discard(event.token)
         elif isinstance(event, Inbound):
             res = self.sync.on_message(event.topic, event.payload)
             if res.config is not None:
@@ -54,7 +57,7 @@ class DeviceLoop:
 
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
         for topic, payload in messages:
-            self.uplink.publish(topic, payload)
+            self.unacked.add(self.uplink.publish(topic, payload))
 
     def run_until(self, done: Callable[[], bool], timeout: float = WAIT_S) -> None:
         """Handle events until `done()`; fails the test if that never happens."""
@@ -67,9 +70,13 @@ class DeviceLoop:
                 if remaining <= 0:
                     pytest.fail("the device never reached the expected state")
 
-    def start(self) -> DeviceLoop:
+    def start(self, cloud: ShadowResponder | None = None, name: str | None = None) -> DeviceLoop:
+        """Connect; returns once the get is answered and what followed it is acknowledged, and
+        (given the shadow service) once the service holds a reported state."""
         self.uplink.start()
-        self.run_until(lambda: self.link_up and self.sync.synced)
+        self.run_until(lambda: self.link_up and self.sync.synced and not self.unacked)
+        if cloud is not None:  # the service gets the report after the broker acknowledged it
+            self.run_until(lambda: "policy" in reported(cloud, name))
         return self
 
     def stop(self) -> None:
@@ -122,7 +129,7 @@ def reported(cloud: ShadowResponder, name: str | None = None) -> dict[str, Any]:
 def test_delta_while_online_changes_the_config_and_is_reported(
     shadow_responder: ShadowResponder, device_factory: Callable[..., DeviceLoop]
 ) -> None:
-    device = device_factory().start()
+    device = device_factory().start(shadow_responder)
     assert reported(shadow_responder)["policy"]["distance_m"] == 100
     shadow_responder.update_desired({"policy": {"distance_m": 50, "max_interval_s": 60}})
     device.run_until(lambda: reported(shadow_responder)["policy"]["distance_m"] == 50)
@@ -135,12 +142,12 @@ def test_delta_while_online_changes_the_config_and_is_reported(
 def test_change_while_offline_applies_after_reconnect_and_survives_reboot(
     shadow_responder: ShadowResponder, device_factory: Callable[..., DeviceLoop]
 ) -> None:
-    first = device_factory().start()
+    first = device_factory().start(shadow_responder)
     first.stop()
     shadow_responder.update_desired({"policy": {"heartbeat_s": 900}, "aws": {"batch_bytes": 2048}})
     assert reported(shadow_responder)["policy"]["heartbeat_s"] == 7200  # nobody applied it yet
     # the board reboots while offline: a new process, the same settings file
-    device = device_factory().start()
+    device = device_factory().start(shadow_responder)
     device.run_until(lambda: reported(shadow_responder)["aws"]["batch_bytes"] == 2048)
     assert device.config.policy.heartbeat_s == 900.0 and device.config.aws.batch_bytes == 2048
     device.stop()
@@ -151,7 +158,7 @@ def test_change_while_offline_applies_after_reconnect_and_survives_reboot(
 def test_invalid_and_unknown_keys_are_reported_as_config_errors(
     shadow_responder: ShadowResponder, device_factory: Callable[..., DeviceLoop]
 ) -> None:
-    device = device_factory().start()
+    device = device_factory().start(shadow_responder)
     shadow_responder.update_desired(
         {
             "policy": {"distance_m": -3, "fancy": 1, "min_sats": 6},
@@ -168,7 +175,7 @@ def test_invalid_and_unknown_keys_are_reported_as_config_errors(
 def test_named_shadow(
     shadow_responder: ShadowResponder, device_factory: Callable[..., DeviceLoop]
 ) -> None:
-    device = device_factory(shadow_name="tracker").start()
+    device = device_factory(shadow_name="tracker").start(shadow_responder, "tracker")
     shadow_responder.update_desired({"policy": {"still_timeout_s": 120}}, name="tracker")
     device.run_until(
         lambda: reported(shadow_responder, "tracker")["policy"]["still_timeout_s"] == 120
@@ -180,7 +187,7 @@ def test_named_shadow(
 def test_garbage_on_the_shadow_topics_does_no_harm(
     shadow_responder: ShadowResponder, device_factory: Callable[..., DeviceLoop]
 ) -> None:
-    device = device_factory().start()
+    device = device_factory().start(shadow_responder)
     prefix = f"$aws/things/{device.sync.prefix.split('/')[2]}/shadow"
     for payload in (
         b"\xff not json",
