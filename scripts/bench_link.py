@@ -625,6 +625,10 @@ def fmt_kb(n: float) -> str:
     return f"{n / 1000:.1f} KB"
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--speed", type=float, default=1000.0, help="clock speed (default 1000)")
@@ -637,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results here too")
     p.add_argument("--keep", action="store_true", help="keep the working folder")
     args = p.parse_args(argv)
+    # the daemons run in their own sessions: a SIGTERM must unwind, so that each run stops its
+    # daemon, broker and relay instead of leaving them running at 1000x
+    signal.signal(signal.SIGTERM, _terminate)
     fixes = drive_fixes()
     work = Path(tempfile.mkdtemp(prefix="tracker-bench-link-"))
     wanted = [s for s in args.only.split(",") if s] or [
