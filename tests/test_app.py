@@ -33,7 +33,9 @@ DATA = Path(__file__).parent / "data" / "nmea"
 THING = "truck-7"
 
 
-def make_app(tmp_path: Path, *, battery: str = "sim://?percent=80", **policy: Any) -> App:
+def make_app(
+    tmp_path: Path, *, battery: str = "sim://?percent=80", close_link: bool = True, **policy: Any
+) -> App:
     cfg = config.from_dict(
         {
             "device": {"thing_name": THING, "set_clock": False},
@@ -42,7 +44,7 @@ def make_app(tmp_path: Path, *, battery: str = "sim://?percent=80", **policy: An
             "spool": {"path": str(tmp_path / "spool.db")},
             "policy": policy,
             # these tests pin closing the link in low power (the default keeps it open)
-            "power": {"gps": "sim://", "close_link": True},
+            "power": {"gps": "sim://", "close_link": close_link},
             "sensors": {"battery": battery, "temperature": "sim://?temp=21.5"},
         }
     )

@@ -7,31 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_app import THING, Harness
+from test_app import Harness, make_app
 from test_budget import parked_nmea
 
-from tracker.core import config
-from tracker.core.clock import FakeClock
 from tracker.core.events import LinkUp
 from tracker.daemon.app import App
 from tracker.link import codec
 
 HOUR = 3600.0
-
-
-def parked_app(tmp_path: Path, *, close_link: bool = False, **policy: Any) -> App:
-    cfg = config.from_dict(
-        {
-            "device": {"thing_name": THING, "set_clock": False},
-            "aws": {"endpoint": "localhost", "cert": "c", "key": "k", "ca": "a"},
-            "gps": {"url": "/dev/null", "date_floor": "1999-08-22"},
-            "spool": {"path": str(tmp_path / "spool.db")},
-            "policy": policy,
-            "power": {"gps": "sim://", "close_link": close_link},
-            "sensors": {"battery": "sim://?percent=80", "temperature": "sim://?temp=21.5"},
-        }
-    )
-    return App(cfg, clock=FakeClock())
 
 
 def parked_day(tmp_path: Path, app: App) -> list[tuple[float, str, dict[str, Any]]]:
@@ -66,7 +49,7 @@ def reasons(log: list[tuple[float, str, dict[str, Any]]]) -> list[tuple[float, s
 def test_low_power_conditions_ride_with_heartbeats_and_start_their_own_clock(
     tmp_path: Path,
 ) -> None:
-    app = parked_app(tmp_path, heartbeat_s=HOUR, low_power_condition_s=6 * HOUR)
+    app = make_app(tmp_path, close_link=False, heartbeat_s=HOUR, low_power_condition_s=6 * HOUR)
     log = parked_day(tmp_path, app)
     conds = reasons(log)
     enter = next(t for t, why, _ in conds if why == "low_power_enter")
@@ -90,7 +73,7 @@ def test_low_power_conditions_ride_with_heartbeats_and_start_their_own_clock(
 
 
 def test_with_heartbeats_rarer_than_conditions_they_go_when_due(tmp_path: Path) -> None:
-    app = parked_app(tmp_path, heartbeat_s=8 * HOUR, low_power_condition_s=3 * HOUR)
+    app = make_app(tmp_path, close_link=False, heartbeat_s=8 * HOUR, low_power_condition_s=3 * HOUR)
     conds = reasons(parked_day(tmp_path, app))
     enter = next(t for t, why, _ in conds if why == "low_power_enter")
     periodic = [t for t, why, _ in conds if why == "periodic" and t > enter]
@@ -101,7 +84,7 @@ def test_with_heartbeats_rarer_than_conditions_they_go_when_due(tmp_path: Path) 
 def test_with_the_link_closed_in_low_power_conditions_still_go_every_period(
     tmp_path: Path,
 ) -> None:
-    app = parked_app(tmp_path, close_link=True, heartbeat_s=HOUR, low_power_condition_s=6 * HOUR)
+    app = make_app(tmp_path, close_link=True, heartbeat_s=HOUR, low_power_condition_s=6 * HOUR)
     conds = reasons(parked_day(tmp_path, app))
     enter = next(t for t, why, _ in conds if why == "low_power_enter")
     periodic = [t for t, why, _ in conds if why == "periodic" and t > enter]
