@@ -227,7 +227,7 @@ class App:
         """In low power a periodic report that falls due waits for the next heartbeat report
         and goes out with it (one wake-up of the link instead of two, and no keep-alive ping
         pushed later by an odd-timed message), unless heartbeats are further apart than the
-        condition period (or heartbeats are what woke it: then it goes when due)."""
+        condition period: then it goes when due."""
         return self.cfg.policy.heartbeat_s <= self.cfg.policy.low_power_condition_s
 
     def link(self, wanted: bool) -> None:
