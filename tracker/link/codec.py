@@ -248,7 +248,8 @@ def _varint(n: int, out: bytearray) -> None:
     out.append(n)
 
 
-def _encode_v3(rows: Sequence[list[int | None]], triggers: Sequence[str]) -> bytes:
+def _v3_table(triggers: Sequence[str]) -> bytes:
+    """Version 3's header: the magic byte and the trigger table."""
     out = bytearray(V3_MAGIC)
     _varint(len(triggers), out)
     for t in triggers:
@@ -258,10 +259,14 @@ def _encode_v3(rows: Sequence[list[int | None]], triggers: Sequence[str]) -> byt
             raw = t.encode()
             _varint(len(KNOWN_TRIGGERS) + len(raw), out)
             out += raw
-    for row in rows:
-        _varint(len(row), out)
-        for v in row:
-            _varint(0 if v is None else (v << 1 if v >= 0 else (-v << 1) - 1) + 1, out)
+    return bytes(out)
+
+
+def _v3_row(row: Sequence[int | None]) -> bytes:
+    out = bytearray()
+    _varint(len(row), out)
+    for v in row:
+        _varint(0 if v is None else (v << 1 if v >= 0 else (-v << 1) - 1) + 1, out)
     return bytes(out)
 
 
@@ -295,21 +300,28 @@ def _encode_v2(records: Sequence[Record], max_bytes: int) -> tuple[bytes, int]:
         n_triggers.append(len(triggers))
         _advance(state, vals)
 
-    # v3 takes the most records when its size fits first (a few fixes, or a small max_bytes)
+    # v3 takes the most records when its size fits first (a few fixes, or a small max_bytes);
+    # its rows are encoded only as far as it can fit, plus the one that does not
+    v3_rows: list[bytes] = []
     n3, size3 = 0, 0
     for k, row_values in enumerate(values, 1):
-        table = _encode_v3([], triggers[: n_triggers[k - 1]])
-        size3 += len(_encode_v3([row_values], [])) - 2  # the row alone, without the header
-        if len(table) + size3 > max_bytes:
+        v3_rows.append(_v3_row(row_values))
+        size3 += len(v3_rows[-1])
+        if len(_v3_table(triggers[: n_triggers[k - 1]])) + size3 > max_bytes:
             break
         n3 = k
 
+    def v3(n: int) -> bytes:
+        return _v3_table(triggers[: n_triggers[n - 1]]) + b"".join(v3_rows[:n])
+
     def smallest(n: int, v2: bytes) -> tuple[bytes, int]:
-        """The most records either version fits; of two that fit as many, the smaller."""
+        """The most records either version fits; of two that fit as many, the smaller (past
+        n3, v3 is larger than max_bytes, so only a lone oversized record compares)."""
         if n3 > n:
-            return _encode_v3(values[:n3], triggers[: n_triggers[n3 - 1]]), n3
-        v3 = _encode_v3(values[:n], triggers[: n_triggers[n - 1]])
-        return (v3 if len(v3) < len(v2) else v2), n
+            return v3(n3), n3
+        if n <= len(v3_rows) and len(v3(n)) < len(v2):
+            return v3(n), n
+        return v2, n
 
     def packed(n: int) -> bytes:
         body = b'{"d":[' + b",".join(rows[:n]) + b'],"tt":' + _dumps(triggers[: n_triggers[n - 1]])

@@ -176,10 +176,16 @@ def _differs(target: Mapping[str, Any], reported: Any) -> bool:
     return False
 
 
+def _without_status(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A report's settings part: all but the status summary."""
+    return {k: v for k, v in report.items() if k != "status"}
+
+
 def _digest(report: Mapping[str, Any]) -> str:
-    """SHA-256 of a report's settings part (all but the status summary), key order aside."""
-    settings = {k: v for k, v in report.items() if k != "status"}
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """SHA-256 of a report's settings part, key order aside."""
+    text = json.dumps(
+        _without_status(report), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -369,9 +375,8 @@ class ShadowSync:
         if reported is not None:
             target = self._full_reported()
             # the status summary is left out of the comparison: it is reported when it changes
-            settings = {k: v for k, v in target.items() if k != "status"}
             # a report sent right after the get already puts right what the reply shows
-            if not self._reported_after_get and _differs(settings, reported):
+            if not self._reported_after_get and _differs(_without_status(target), reported):
                 publish.append(self._report(target))
         else:
             # every key taken as asked, changed or not: a stale reported value is put right too
@@ -414,7 +419,7 @@ class ShadowSync:
             log.warning(
                 "shadow status summary left out: the report would exceed %d bytes", REPORT_LIMIT
             )
-            reported = {k: v for k, v in reported.items() if k != "status"}
+            reported = _without_status(reported)
             payload = self._dump({"state": {"reported": reported}, "clientToken": token})
         if "status" in reported:
             self._status_sent = reported["status"]
